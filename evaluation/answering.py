@@ -1,0 +1,122 @@
+"""The fast path: BioGPT's PubMedQA prompt, length-sorted batches, score and greedy-generate decoding."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .data import LABELS, Question
+from .modeling import LEARNED_PROMPT
+
+ANSWER_PREFIX = "the answer to the question given the context is"
+ANSWER_PATTERN = re.compile(r"the answer to the question given the context is (yes|no|maybe)\b")
+
+
+def source_text(q: Question) -> str:
+    return f"question: {q.question} context: {q.context} "
+
+
+def target_text(label: str) -> str:
+    return f"{ANSWER_PREFIX} {label}."
+
+
+def learned_prompt_ids(tokenizer) -> list[int]:
+    """BioGPT-Large's 9 soft-prompt tokens, when the tokenizer holds each as one whole token."""
+    ids = [tokenizer.encode(t, add_special_tokens=False) for t in LEARNED_PROMPT]
+    return [i[0] for i in ids] if all(len(i) == 1 and i[0] != tokenizer.unk_token_id for i in ids) else []
+
+
+def prompt_form(tokenizer) -> str:
+    return "learned-prompt-9" if learned_prompt_ids(tokenizer) else "plain"
+
+
+def answer_token_ids(tokenizer) -> list[int]:
+    ids = [tokenizer.encode(label, add_special_tokens=False) for label in LABELS]
+    assert all(len(i) == 1 for i in ids), f"yes/no/maybe must be single tokens, got {ids}"
+    return [i[0] for i in ids]
+
+
+def encode_prompt(tokenizer, q: Question, suffix: str, max_len: int) -> tuple[list[int], int]:
+    """[bos] source [learned prompt] suffix, the source cut from its end when over max_len; (ids, tokens cut)."""
+    bos = tokenizer.build_inputs_with_special_tokens([])  # BioGPT: [</s>], as fairseq starts each line
+    source = tokenizer.encode(source_text(q), add_special_tokens=False)
+    tail = learned_prompt_ids(tokenizer) + (tokenizer.encode(suffix, add_special_tokens=False) if suffix else [])
+    cut = max(0, len(bos) + len(source) + len(tail) - max_len)
+    return bos + source[:len(source) - cut] + tail, cut
+
+
+@dataclass
+class Batch:
+    indices: list[int]           # positions in the question list
+    input_ids: torch.Tensor      # [B, T] on the model's device
+    attention_mask: torch.Tensor
+    last_index: torch.Tensor     # [B] position of the last real token
+    position_ids: torch.Tensor   # [B, T]
+    real_tokens: int
+    padded_tokens: int
+
+
+def make_batches(encoded: list[list[int]], batch_size: int, pad_id: int, left_pad: bool,
+                 device: torch.device) -> list[Batch]:
+    """Length-sorted batches (longest first, so the memory peak shows at once), moved to the device up front."""
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    batches = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            n = len(encoded[i])
+            cols = slice(width - n, width) if left_pad else slice(0, n)
+            ids[row, cols] = torch.tensor(encoded[i])
+            mask[row, cols] = 1
+        lengths = mask.sum(1)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        last = torch.full_like(lengths, width - 1) if left_pad else lengths - 1
+        batches.append(Batch(idx, ids.to(device), mask.to(device), last.to(device), positions.to(device),
+                             int(lengths.sum()), len(idx) * width))
+    return batches
+
+
+@torch.inference_mode()
+def answer_logits(model, batch: Batch, answer_ids: torch.Tensor) -> torch.Tensor:
+    """Next-token logits over yes/no/maybe at each sequence's last real position; LM head only there."""
+    hidden = model.biogpt(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                          position_ids=batch.position_ids).last_hidden_state
+    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.last_index]
+    return model.output_projection(last)[:, answer_ids].float()
+
+
+def prefill(model, input_ids, attention_mask, position_ids, cache=None):
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1].argmax(-1), out.past_key_values
+
+
+@torch.inference_mode()
+def greedy_generate(model, batch: Batch, max_new_tokens: int, eos_id: int, clock) -> tuple[torch.Tensor, tuple]:
+    """Greedy decoding with a KV cache over a left-padded batch; returns (new tokens [B, n], clock marks)."""
+    t0 = clock.mark()
+    token, cache = prefill(model, batch.input_ids, batch.attention_mask, batch.position_ids)
+    t1 = clock.mark()
+    tokens, mask, pos = [token], batch.attention_mask, batch.position_ids[:, -1:]
+    done = token == eos_id
+    for _ in range(max_new_tokens - 1):
+        if bool(done.all()):  # one host sync per step, as any stopping rule needs
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        pos = pos + 1
+        token, cache = prefill(model, token[:, None], mask, pos, cache)
+        token = torch.where(done, torch.full_like(token, eos_id), token)
+        tokens.append(token)
+        done = done | (token == eos_id)
+    t2 = clock.mark()
+    return torch.stack(tokens, 1), (t0, t1, t2)
+
+
+def parse_answer(text: str) -> str | None:
+    """BioGPT's answer pattern; None when the text holds no yes/no/maybe answer."""
+    m = ANSWER_PATTERN.search(text.strip().lower())
+    return m.group(1) if m else None

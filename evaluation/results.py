@@ -1,0 +1,116 @@
+"""The run's local record: results.json, predictions.json, per-question CSV; written atomically, before wandb."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from .config import RunConfig, UsageError
+
+
+def default_run_name(cfg: RunConfig) -> str:
+    model = Path(cfg.model.rstrip("/")).name
+    return f"{cfg.technique}-{cfg.variant}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_output_dir(cfg: RunConfig) -> Path:
+    """Fail before any work when the output directory can't be written; returns the run directory."""
+    root = Path(cfg.output_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root):
+            pass
+    except OSError as e:
+        raise UsageError(f"output directory not writable: {root} ({e.strerror or e})")
+    cfg.run_name = cfg.run_name or default_run_name(cfg)
+    if "/" in cfg.run_name or cfg.run_name in (".", ".."):
+        raise UsageError(f"--run-name must be a plain name, got {cfg.run_name!r}")
+    return root / cfg.run_name
+
+
+def environment(device: torch.device) -> dict:
+    import transformers
+
+    env = {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+           "transformers": transformers.__version__, "cuda": torch.version.cuda, "device_type": device.type,
+           "device_name": platform.processor() or platform.machine(), "driver": None,
+           "cpu_count": os.cpu_count(), "git_commit": git_commit(),
+           "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if device.type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(device)
+        env["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            env["driver"] = pynvml.nvmlSystemGetDriverVersion()
+        except Exception as e:
+            env["driver"] = f"unknown ({type(e).__name__})"
+    return env
+
+
+def git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _csv_text(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_run(run_dir: Path, results: dict, rows: list[dict]) -> Path:
+    """Write the three files into a temporary sibling directory, then move it into place in one step."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
+    try:
+        (tmp / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        predictions = {r["pmid"]: r["prediction"] for r in rows}
+        (tmp / "predictions.json").write_text(json.dumps(predictions, indent=2) + "\n")
+        (tmp / "per_question.csv").write_text(_csv_text(rows))
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        os.replace(tmp, run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return run_dir
+
+
+def check_reference(path: str | None) -> Path | None:
+    if path is None:
+        return None
+    p = Path(path)
+    p = p.parent if p.name == "results.json" else p
+    if not (p / "per_question.csv").is_file():
+        raise UsageError(f"--reference {path}: no per_question.csv there (expected an earlier run directory)")
+    return p
+
+
+def read_per_question(run_dir: Path) -> dict[str, dict]:
+    """PMID -> {"prediction", "logits"} from a run directory's per-question CSV."""
+    out = {}
+    with open(run_dir / "per_question.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            logits = [r.get("logit_yes"), r.get("logit_no"), r.get("logit_maybe")]
+            out[r["pmid"]] = {"prediction": r["prediction"],
+                              "logits": [float(x) for x in logits] if all(logits) else None}
+    return out

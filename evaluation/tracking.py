@@ -1,0 +1,83 @@
+"""Weights & Biases logging. Online with a key or login, offline otherwise; trouble never ends a run."""
+from __future__ import annotations
+
+import netrc
+import os
+import sys
+from pathlib import Path
+
+from .data import LABELS
+
+
+def resolve_mode(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "online"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return "online"
+    except (OSError, netrc.NetrcParseError):
+        pass
+    return "offline"
+
+
+def tags(cfg) -> list[str]:
+    return [cfg.technique, cfg.variant, cfg.decode, cfg.dtype, f"weights: {cfg.weights}"]
+
+
+class Tracker:
+    """A wandb run or nothing. Every call is guarded: wandb trouble is printed, never raised."""
+
+    def __init__(self, cfg, run_dir: Path):
+        self.run, self.mode = None, resolve_mode(cfg.wandb)
+        if self.mode == "disabled":
+            return
+        if self.mode == "offline" and cfg.wandb == "auto":
+            print("wandb: no API key or login found, logging offline; "
+                  "upload later with `wandb sync <the run's wandb/offline-run-* directory>`")
+        try:
+            import wandb
+
+            self.wandb = wandb
+            self.run = wandb.init(project=cfg.wandb_project, group=cfg.technique, name=cfg.run_name,
+                                  tags=tags(cfg), config=cfg.to_dict(), mode=self.mode, dir=str(run_dir.parent),
+                                  reinit="finish_previous")
+        except Exception as e:
+            print(f"wandb: could not start a run ({type(e).__name__}: {e}); results are on disk in {run_dir}",
+                  file=sys.stderr)
+
+    def _guard(self, fn, *args, **kwargs):
+        if self.run is None:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as e:
+            print(f"wandb: {fn.__name__} failed ({type(e).__name__}: {e}); results stay on disk", file=sys.stderr)
+
+    def log(self, data: dict, step: int | None = None):
+        if self.run is not None:
+            self._guard(self.run.log, data, step=step)
+
+    def summary(self, results: dict, rows: list[dict]):
+        def _summary():
+            self.run.summary.update({"environment": results["environment"], "model": results["model"],
+                                     **results["metrics"]})
+            table = self.wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows])
+            gold = [LABELS.index(r["gold"]) for r in rows]
+            # unparsed answers have no class index: shown as the last column of the matrix
+            pred = [LABELS.index(r["prediction"]) if r["prediction"] in LABELS else len(LABELS) for r in rows]
+            names = list(LABELS) + (["unparsed"] if len(LABELS) in pred else [])
+            self.run.log({"predictions": table,
+                          "confusion_matrix": self.wandb.plot.confusion_matrix(y_true=gold, preds=pred,
+                                                                               class_names=names)})
+        self._guard(_summary)
+
+    def finish(self):
+        if self.run is not None:
+            self._guard(self.run.finish)
+            if self.mode == "offline":
+                print(f"wandb: offline run saved in {self.run.dir.rsplit('/files', 1)[0]}; "
+                      f"sync with `wandb sync {self.run.dir.rsplit('/files', 1)[0]}`")
