@@ -57,14 +57,26 @@ class Batch:
     padded_tokens: int
 
 
+def bucket_width(width: int, buckets: list[int] | None) -> int:
+    """The smallest bucket length that holds `width` (compiled code is then reused across batches)."""
+    if not buckets:
+        return width
+    fitting = [b for b in sorted(buckets) if b >= width]
+    if not fitting:
+        raise ValueError(f"a batch of {width} tokens exceeds the largest bucket length {max(buckets)}")
+    return fitting[0]
+
+
 def make_batches(encoded: list[list[int]], batch_size: int, pad_id: int, left_pad: bool,
-                 device: torch.device) -> list[Batch]:
-    """Length-sorted batches (longest first, so the memory peak shows at once), moved to the device up front."""
+                 device: torch.device, buckets: list[int] | None = None) -> list[Batch]:
+    """Length-sorted batches (longest first, so the memory peak shows at once), moved to the device up front.
+
+    With `buckets`, each batch is padded up to a bucket length."""
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     batches = []
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        width = max(len(encoded[i]) for i in idx)
+        width = bucket_width(max(len(encoded[i]) for i in idx), buckets)
         ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
         for row, i in enumerate(idx):

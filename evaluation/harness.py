@@ -84,15 +84,18 @@ def forward_flops(config, lengths: list[int], questions: int) -> float:
     return matmul + attention + 2 * h * config.vocab_size * questions
 
 
-def evaluate(model, tokenizer, questions: list[Question], cfg: RunConfig, forward=answer_logits):
-    """(metrics, per-question rows, per-batch history). `forward(model, batch, answer_ids)` -> [B, 3] logits."""
+def evaluate(model, tokenizer, questions: list[Question], cfg: RunConfig, forward=answer_logits,
+             buckets: list[int] | None = None):
+    """(metrics, per-question rows, per-batch history). `forward(model, batch, answer_ids)` -> [B, 3] logits;
+    `buckets`: pad each batch's length up to one of these (for compiled code)."""
     device = model_device(model)
     cfg.prompt_form = prompt_form(tokenizer)
     generate = cfg.decode == "generate"
     max_len = model.config.max_position_embeddings - (cfg.max_new_tokens if generate else 0)
     encoded = [encode_prompt(tokenizer, q, "" if generate else ANSWER_PREFIX, max_len) for q in questions]
     ids = [e[0] for e in encoded]
-    batches = make_batches(ids, cfg.batch_size, tokenizer.pad_token_id, left_pad=generate, device=device)
+    batches = make_batches(ids, cfg.batch_size, tokenizer.pad_token_id, left_pad=generate, device=device,
+                           buckets=buckets)
     answer_ids = torch.tensor(answer_token_ids(tokenizer), device=device)
     clock, n = Clock(device), len(questions)
 
@@ -167,12 +170,13 @@ def evaluate(model, tokenizer, questions: list[Question], cfg: RunConfig, forwar
 
 
 def evaluate_and_log(cfg: RunConfig, model, tokenizer, questions, run_dir: Path, *, load_s: float,
-                     setup_s: float | None = None, extra: dict | None = None, forward=answer_logits) -> dict:
+                     setup_s: float | None = None, extra: dict | None = None, forward=answer_logits,
+                     buckets: list[int] | None = None) -> dict:
     """Evaluate, write results/<run>/ first, then log to wandb. `setup_s`: the technique's own
     apply/compile/tune time, reported apart from run time. `extra`: the technique's own metrics."""
     device = model_device(model)
     weights_cuda = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
-    metrics, rows, history = evaluate(model, tokenizer, questions, cfg, forward)
+    metrics, rows, history = evaluate(model, tokenizer, questions, cfg, forward, buckets)
     metrics.update(load_s=load_s, setup_s=setup_s)
     if cfg.reference:
         current = {r["pmid"]: {"prediction": r["prediction"],

@@ -42,7 +42,7 @@ def environment(device: torch.device) -> dict:
 
     env = {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
            "transformers": transformers.__version__, "cuda": torch.version.cuda, "device_type": device.type,
-           "device_name": platform.processor() or platform.machine(), "driver": None,
+           "device_name": cpu_name(), "driver": None,
            "cpu_count": os.cpu_count(), "git_commit": git_commit(),
            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if device.type == "cuda":
@@ -56,6 +56,16 @@ def environment(device: torch.device) -> dict:
         except Exception as e:
             env["driver"] = f"unknown ({type(e).__name__})"
     return env
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def git_commit() -> str | None:
