@@ -11,9 +11,12 @@ import time
 from evaluation import build_parser, config_from_args, evaluate_and_log, load_model, prepare, run_main
 
 
+def make_parser():
+    return build_parser(__doc__.splitlines()[0])
+
+
 def main():
-    parser = build_parser(__doc__.splitlines()[0])
-    cfg = config_from_args(parser.parse_args(), technique="baseline", variant="fp32-eager", dtype="float32")
+    cfg = config_from_args(make_parser().parse_args(), technique="baseline", variant="fp32-eager", dtype="float32")
     questions, run_dir = prepare(cfg)
     t0 = time.perf_counter()
     model, tokenizer = load_model(cfg)

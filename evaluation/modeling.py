@@ -18,6 +18,10 @@ PRESETS = {
     "tiny-random": dict(vocab_size=57717, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=256, max_position_embeddings=2048, layer_norm_eps=1e-12,
                         scale_embedding=True),
+    # BioGPT (base) size with BioGPT-Large's vocabulary: a mid-size model for CPU measurements.
+    "biogpt-base-random": dict(vocab_size=57717, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                               intermediate_size=4096, max_position_embeddings=1024, layer_norm_eps=1e-12,
+                               scale_embedding=True),
     "biogpt-large-random": dict(vocab_size=57717, hidden_size=1600, num_hidden_layers=48, num_attention_heads=25,
                                 intermediate_size=6400, max_position_embeddings=2048, layer_norm_eps=1e-12,
                                 scale_embedding=True),
