@@ -116,7 +116,7 @@ def load_model(cfg: RunConfig, **kwargs):
         raise UsageError(f"unknown dtype {cfg.dtype!r}; choose from {', '.join(DTYPES)}")
     device = resolve_device(cfg.device)
     tokenizer = load_tokenizer(cfg.model, cfg.tokenizer_dir)
-    looks_local = os.path.sep in cfg.model or cfg.model.startswith(".")
+    looks_local = cfg.model.startswith((".", "/", "~")) or cfg.model.count("/") > 1
     if cfg.model not in PRESETS and looks_local and not Path(cfg.model).is_dir():
         raise UsageError(f"model directory not found: {cfg.model} "
                          f"(presets: {', '.join(PRESETS)})")

@@ -1,0 +1,152 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+
+from evaluation import RunConfig, evaluate, load_model, load_test_questions
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_baseline(args, env=None, **kwargs):
+    return subprocess.run([sys.executable, "baseline/baseline.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=600, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tiny(tokenizer_dir):
+    cfg = RunConfig(model="tiny-random", tokenizer_dir=tokenizer_dir, device="cpu")
+    return load_model(cfg)
+
+
+@pytest.mark.parametrize("decode", ["score", "generate"])
+def test_batched_equals_unbatched(tiny, data_dir, decode):
+    model, tok = tiny
+    questions = load_test_questions(data_dir, 7)
+    out = {}
+    for bs in (1, 4):
+        cfg = RunConfig(model="tiny-random", batch_size=bs, decode=decode, max_new_tokens=4, wandb="disabled")
+        _, rows, _ = evaluate(model, tok, questions, cfg)
+        out[bs] = rows
+    assert [r["prediction"] for r in out[1]] == [r["prediction"] for r in out[4]]
+    if decode == "score":
+        one = torch.tensor([[r[f"logit_{x}"] for x in ("yes", "no", "maybe")] for r in out[1]])
+        four = torch.tensor([[r[f"logit_{x}"] for x in ("yes", "no", "maybe")] for r in out[4]])
+        torch.testing.assert_close(four, one, atol=1e-4, rtol=1e-4)
+    else:
+        assert [r["generated"] for r in out[1]] == [r["generated"] for r in out[4]]
+
+
+def test_padding_does_not_change_logits_against_a_plain_forward(tiny, data_dir):
+    """The batched last-position logits equal a plain single-sequence HF forward's last logits."""
+    from evaluation.answering import ANSWER_PREFIX, answer_token_ids, encode_prompt
+
+    model, tok = tiny
+    questions = load_test_questions(data_dir, 3)
+    _, rows, _ = evaluate(model, tok, questions, RunConfig(model="tiny-random", batch_size=3, wandb="disabled"))
+    for q, row in zip(questions, rows):
+        ids, _ = encode_prompt(tok, q, ANSWER_PREFIX, 2048)
+        with torch.no_grad():
+            ref = model(torch.tensor([ids])).logits[0, -1, answer_token_ids(tok)]
+        torch.testing.assert_close(torch.tensor([row["logit_yes"], row["logit_no"], row["logit_maybe"]]), ref,
+                                   atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def baseline_run(tokenizer_dir, data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    r = run_baseline(["--model", "tiny-random", "--tokenizer-dir", tokenizer_dir, "--data-dir", data_dir,
+                      "--limit", "12", "--batch-size", "5", "--output-dir", str(out), "--run-name", "base",
+                      "--wandb", "offline"], env={"WANDB_SILENT": "true"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out / "base", r
+
+
+def test_results_files_written(baseline_run, data_dir):
+    run_dir, _ = baseline_run
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(results) == {"config", "environment", "model", "metrics"}
+    cfg, metrics = results["config"], results["metrics"]
+    assert cfg["weights"] == "random" and cfg["technique"] == "baseline" and cfg["prompt_form"] == "plain"
+    assert metrics["n"] == 12 and metrics["timed_passes"] >= 1
+    for key in ("p50", "p90", "p99", "mean", "stdev"):
+        assert metrics["latency_question_ms"][key] > 0
+    assert metrics["throughput_qps"] > 0 and metrics["cold_pass_s"] > 0 and metrics["load_s"] > 0
+    assert metrics["telemetry"]["nvml_error"] and metrics["telemetry"]["rss_peak_mib"] > 0
+    assert results["environment"]["torch"] == torch.__version__
+    assert results["model"]["weight_bytes"] == 4 * results["model"]["parameters"]
+    predictions = json.loads((run_dir / "predictions.json").read_text())
+    assert list(predictions) == [q.pmid for q in load_test_questions(data_dir, 12)]
+    assert set(predictions.values()) <= {"yes", "no", "maybe"}
+    csv_lines = (run_dir / "per_question.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("pmid,gold,prediction,logit_yes,logit_no,logit_maybe,latency_ms,tokens")
+    assert len(csv_lines) == 13
+    assert not [p for p in run_dir.parent.iterdir() if p.name.startswith(".base")], "temporary dir left behind"
+
+
+def test_official_evaluation_agrees_with_results(baseline_run, data_dir):
+    """PubMedQA's evaluation.py: sklearn accuracy and macro-F1 of predictions.json against the ground truth."""
+    run_dir, _ = baseline_run
+    truth = json.loads((Path(data_dir) / "test_ground_truth.json").read_text())
+    predictions = json.loads((run_dir / "predictions.json").read_text())
+    pmids = list(predictions)
+    gold, pred = [truth[p] for p in pmids], [predictions[p] for p in pmids]
+    metrics = json.loads((run_dir / "results.json").read_text())["metrics"]
+    assert metrics["accuracy"] == accuracy_score(gold, pred)
+    assert metrics["macro_f1"] == f1_score(gold, pred, average="macro")
+
+
+def test_offline_wandb_run_written_and_read_back(baseline_run):
+    run_dir, r = baseline_run
+    offline = list((run_dir.parent / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1, "expected exactly one offline wandb run"
+    assert "wandb sync" in r.stdout
+    # the per-question table, read back, holds the same predictions as the local CSV
+    table = json.loads(next((offline[0] / "files" / "media" / "table").glob("predictions_*.table.json")).read_text())
+    col = table["columns"].index("prediction")
+    predictions = json.loads((run_dir / "predictions.json").read_text())
+    assert [row[col] for row in table["data"]] == list(predictions.values())
+    # the run log holds the tags, config and summary keys
+    log = next(offline[0].glob("*.wandb")).read_bytes()
+    for needle in (b"weights: random", b"macro_f1", b"latency_question_ms", b"biogpt-pubmedqa"):
+        assert needle in log, needle
+
+
+def test_reference_gives_full_agreement_with_itself(baseline_run, tokenizer_dir, data_dir):
+    run_dir, _ = baseline_run
+    r = run_baseline(["--model", "tiny-random", "--tokenizer-dir", tokenizer_dir, "--data-dir", data_dir,
+                      "--limit", "12", "--batch-size", "3", "--output-dir", str(run_dir.parent), "--run-name", "again",
+                      "--wandb", "disabled", "--reference", str(run_dir)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    fid = json.loads((run_dir.parent / "again" / "results.json").read_text())["metrics"]["fidelity"]
+    assert fid["n_compared"] == 12 and fid["agreement"] == 100.0 and fid["mean_kl"] < 1e-8
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--limit", "0"], "--limit"),
+    (["--batch-size", "-3"], "--batch-size"),
+    (["--device", "cuda"], "CUDA"),
+    (["--model", "tiny-randm"], "unknown preset"),
+    (["--model", "./no/such/dir"], "model directory not found"),
+    (["--model", "microsoft/BioGPT-Large-PubMedQA"], "not found locally or reachable on the hub"),
+    (["--data-dir", "/no/such/pubmedqa"], "data directory not found"),
+    (["--reference", "/no/such/run"], "--reference"),
+    (["--output-dir", "/proc/forbidden"], "output directory not writable"),
+])
+def test_bad_input_one_line_exit_2_nothing_written(tokenizer_dir, data_dir, tmp_path, extra, message):
+    if "--device" in extra and torch.cuda.is_available():
+        pytest.skip("CUDA is present")
+    args = ["--model", "tiny-random", "--tokenizer-dir", tokenizer_dir, "--data-dir", data_dir, "--limit", "2",
+            "--wandb", "disabled", "--output-dir", str(tmp_path / "out")]
+    # later flags win in argparse
+    r = run_baseline(args + extra)
+    assert r.returncode == 2, (r.returncode, r.stderr[-1500:])
+    last = r.stderr.strip().splitlines()[-1]
+    assert message in last, last
+    out = tmp_path / "out"
+    assert not out.exists() or not any(out.iterdir()), "a failed run left files behind"

@@ -1,0 +1,64 @@
+import math
+
+import pytest
+import torch
+
+from evaluation.metrics import UNPARSED, classification_metrics, fidelity
+from evaluation.telemetry import Sampler, latency_stats
+
+
+def test_metrics_hand_checked():
+    gold = ["yes", "yes", "no", "maybe", "no", "yes"]
+    pred = ["yes", "no", "no", "yes", "no", "yes"]
+    m = classification_metrics(gold, pred)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    # yes: P=2/3 R=2/3 F1=2/3; no: P=2/3 R=1 F1=0.8; maybe: 0 -> macro (2/3 + 0.8 + 0) / 3
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8 + 0) / 3)
+    assert m["per_class"]["no"] == {"precision": pytest.approx(2 / 3), "recall": 1.0, "f1": pytest.approx(0.8),
+                                    "support": 2}
+    assert m["confusion_matrix"]["matrix"][0] == [2, 1, 0, 0]  # gold yes -> yes, no, maybe, unparsed
+    assert m["unparsed"] == 0
+
+
+def test_unparsed_counts_as_wrong():
+    m = classification_metrics(["yes", "no"], ["yes", UNPARSED])
+    assert m["accuracy"] == 0.5 and m["unparsed"] == 1
+    assert m["confusion_matrix"]["matrix"][1][3] == 1
+
+
+def test_fidelity_identical_and_different():
+    ref = {"1": {"prediction": "yes", "logits": [2.0, 0.0, -1.0]}, "2": {"prediction": "no", "logits": [0.0, 1.0, 0.0]}}
+    same = fidelity(ref, ref)
+    assert same["agreement"] == 100.0 and same["mean_kl"] == pytest.approx(0.0, abs=1e-12)
+    other = {"1": {"prediction": "no", "logits": [0.0, 2.0, -1.0]}, "2": {"prediction": "no", "logits": [0.0, 1.0, 0.0]}}
+    f = fidelity(ref, other)
+    assert f["agreement"] == 50.0 and f["mean_kl"] > 0.1 and f["max_abs_logit_diff"] == 2.0
+
+
+def test_latency_stats_percentiles():
+    s = latency_stats([float(x) for x in range(1, 101)])
+    assert s["p50"] == 50.5 and s["p99"] == pytest.approx(99.01) and s["n"] == 100
+    assert s["mean"] == 50.5 and math.isclose(s["stdev"], 29.011, rel_tol=1e-3)
+    assert latency_stats([])["p50"] is None
+
+
+def test_cpu_run_records_rss_and_reason_instead_of_nvml():
+    with Sampler(torch.device("cpu"), interval_s=0.01) as s:
+        sum(range(200_000))
+    out = s.summary(questions=10)
+    assert out["nvml_error"] and "CPU" in out["nvml_error"]
+    assert out["energy_j"] is None and out["power_w_mean"] is None
+    assert out["rss_peak_mib"] > 0
+
+
+def test_nvml_failure_never_ends_a_run(monkeypatch):
+    import pynvml
+
+    def broken():
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+    monkeypatch.setattr(pynvml, "nvmlInit", broken)
+    with Sampler(torch.device("cuda")) as s:
+        pass
+    out = s.summary(questions=1)
+    assert out["gpu_util_mean"] is None and out["energy_j"] is None
+    assert "NVML unavailable" in out["nvml_error"]
