@@ -43,7 +43,8 @@ def environment(device: torch.device) -> dict:
     env = {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
            "transformers": transformers.__version__, "cuda": torch.version.cuda, "device_type": device.type,
            "device_name": cpu_name(), "driver": None,
-           "cpu_count": os.cpu_count(), "git_commit": git_commit(),
+           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+           "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "git_commit": git_commit(),
            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
