@@ -213,15 +213,15 @@ def markdown(rows: list[dict], groups: list[dict], failed: list[dict], plots: li
         parts.append("## Plots\n\n" + "\n".join(f"![{p.stem}]({p.relative_to(out)})" for p in plots) + "\n")
     parts.append("## Failed or skipped runs\n")
     if failed:
-        parts.append(md_table(["run", "status", "return code", "reason (last line)", "command"],
-                              [[f"`{f['run']}`", "skipped" if f.get("skipped") else "failed", fmt(f.get("returncode")),
-                                f.get("reason") or last_line(f.get("stderr_tail"))
-                                + (f" ({f['note']})" if f.get("note") else ""),
-                                f"`{f.get('command') or '—'}`"] for f in failed]))
+        parts.append(md_table(["run", "status", "return code", "reason (last line of stderr)"],
+                              [[f"`{f['run']}`", "skipped (known broken)" if f.get("skipped") else "failed",
+                                fmt(f.get("returncode")), (f.get("reason") or last_line(f.get("stderr_tail")))
+                                + (f" ({f['note']})" if f.get("note") else "")] for f in failed]))
         for f in failed:
-            if f.get("stderr_tail") and not f.get("skipped"):
-                tail = "\n".join(f["stderr_tail"].rstrip().splitlines()[-15:])
-                parts.append(f"\n<details><summary>{f['run']}: stderr tail</summary>\n\n```\n{tail}\n```\n</details>")
+            tail = "\n".join((f.get("stderr_tail") or "").rstrip().splitlines()[-15:])
+            parts.append(f"\n<details><summary>{f['run']}: command{' and stderr tail' if tail else ''}</summary>\n\n"
+                         f"```\n{f.get('command') or '(command not recorded)'}\n```\n"
+                         + (f"\n```\n{tail}\n```\n" if tail else "") + "</details>")
     else:
         parts.append("None.")
     return "\n".join(parts) + "\n"
