@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluation import report
+from evaluation import report, report_plots
 
 ROOT = Path(__file__).resolve().parents[1]
 PMIDS_20 = [str(10_000_000 + 7 * i) for i in range(20)]
@@ -171,7 +171,7 @@ def test_cpu_only_runs_still_get_an_energy_plot_saying_why(tmp_path):
 def test_pareto_front():
     #            fast+bad   slow+good  dominated  fastest+worst
     points = [(1.0, 50.0), (5.0, 90.0), (6.0, 80.0), (0.5, 40.0)]
-    assert sorted(report.pareto_front(points)) == [0, 1, 3]
+    assert sorted(report_plots.pareto_front(points)) == [0, 1, 3]
 
 
 def test_no_runs_is_a_usage_error(tmp_path, capsys):
@@ -204,7 +204,7 @@ def test_report_on_a_real_baseline_run(base_args, tmp_path):
     assert "(random)" in (tmp_path / "out" / "report.md").read_text()
 
 
-STUB = r'''"""Stub technique script for the run_all test: records its argv, fails for one variant, else writes results."""
+STUB = r'''"""Stub script for the run_all test: records its argv, fails for float16, else writes results."""
 import json, os, sys
 from pathlib import Path
 argv = sys.argv[1:]

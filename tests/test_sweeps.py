@@ -18,7 +18,8 @@ EXPECTED = {"precision.yaml", "pruning.yaml", "quantization.yaml", "tensor_rewri
 
 # Combinations the issues forbid that argparse `choices` can't see (a script checks them after parsing).
 TENSOR_MODES = {"eager": {"default"}, "aot_eager": {"default"}, "cudagraphs": {"default"},
-                "inductor": {"default", "reduce-overhead", "max-autotune"}, "tvm": {"default", "ansor", "meta-schedule"}}
+                "inductor": {"default", "reduce-overhead", "max-autotune"},
+                "tvm": {"default", "ansor", "meta-schedule"}}
 
 
 def invalid_combination(script: str, args) -> str | None:
