@@ -165,11 +165,11 @@ COLUMNS = ["group", "technique", "variant", "dtype", "device", "weights", "n", "
            "J/q", "weight MiB", "run"]
 
 
-def table_cells(r: dict, referenced: set[str]) -> list[str]:
+def table_cells(r: dict, referenced: set[tuple]) -> list[str]:
     random = r["weights"] == "random"
     score = lambda x: fmt(x, 3) + (" (random)" if random and x is not None else "")  # noqa: E731
     agreement = fmt(r["agreement"], 1)
-    if r["agreement"] is None and r["run"] in referenced:
+    if r["agreement"] is None and (r["group"], r["run"]) in referenced:
         agreement = "ref"
     peak = fmt(r["peak_mib"], 0) + (f" ({'GPU' if r['peak_source'] == 'GPU allocated' else 'RSS'})"
                                     if r["peak_mib"] is not None else "")
@@ -192,7 +192,7 @@ def last_line(text: str | None) -> str:
 
 
 def markdown(rows: list[dict], groups: list[dict], failed: list[dict], plots: list[Path], out: Path) -> str:
-    referenced = {r["reference"] for r in rows if r["reference"]}
+    referenced = {(r["group"], r["reference"]) for r in rows if r["reference"]}  # runs others compared against
     parts = [f"# Run comparison\n\nGenerated {time.strftime('%Y-%m-%d %H:%M %Z')} by `python -m evaluation.report` "
              f"from {len(rows)} run(s) and {len(failed)} failed or skipped run(s).\n"]
     parts.append("## Groups\n\nRatios (speedup = q/s ÷ baseline q/s; mem ratio = peak ÷ baseline peak) are taken "
