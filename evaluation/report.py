@@ -236,7 +236,7 @@ def markdown(rows: list[dict], groups: list[dict], failed: list[dict], plots: li
 
 # ---------------------------------------------------------------------------------------------- wandb
 
-def log_wandb(mode: str, project: str, rows, failed, plots):
+def log_wandb(mode: str, project: str, rows, failed, plots, out: Path):
     """The same summary as a wandb table (+ plots). wandb trouble is printed, never raised."""
     if mode == "disabled":
         return
@@ -244,7 +244,7 @@ def log_wandb(mode: str, project: str, rows, failed, plots):
         import wandb
 
         run = wandb.init(project=project, job_type="report", name=f"report-{time.strftime('%Y%m%d-%H%M%S')}",
-                         mode=mode)
+                         mode=mode, dir=str(out))
         cols = [k for k in rows[0] if k != "path"] if rows else ["run"]
         data = {"report": wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])}
         fcols = ["run", "skipped", "returncode", "reason", "command", "stderr_tail"]
@@ -292,7 +292,7 @@ def main(argv=None):
     roots = [Path(d) for d in args.results_dirs]
     out = Path(args.out) if args.out else roots[0]
     report = build_report(roots, out)
-    log_wandb(resolve_mode(args.wandb), args.wandb_project, report["rows"], report["failed"], report["plots"])
+    log_wandb(resolve_mode(args.wandb), args.wandb_project, report["rows"], report["failed"], report["plots"], out)
     print(f"report: {report['report']} ({len(report['rows'])} runs in {len(report['groups'])} group(s), "
           f"{len(report['failed'])} failed or skipped); plots: {', '.join(str(p) for p in report['plots'])}")
 

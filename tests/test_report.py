@@ -184,11 +184,14 @@ def test_no_runs_is_a_usage_error(tmp_path, capsys):
 
 
 def test_wandb_offline_table(results_root, tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
     report.main([str(results_root), "--out", str(tmp_path / "out"), "--wandb", "offline"])
-    runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert runs, "no offline wandb run written"
+    (run,) = (tmp_path / "out" / "wandb").glob("offline-run-*")
+    tables = {p.name.split("_0_")[0] for p in run.glob("files/media/table/*.table.json")}
+    assert tables == {"report", "failed_runs"}
+    table = json.loads(next(run.glob("files/media/table/report_*.table.json")).read_text())
+    assert len(table["data"]) == 7 and "speedup" in table["columns"]
+    assert len(list(run.glob("files/media/images/*.png"))) == 3
 
 
 def test_report_on_a_real_baseline_run(base_args, tmp_path):
