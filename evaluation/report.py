@@ -137,6 +137,9 @@ def assign_groups(rows: list[dict]) -> list[dict]:
                        "baseline": base["run"] if base else None, "runs": len(members)})
     rows.sort(key=lambda r: (r["group"], not r["is_group_baseline"], r["technique"] != "baseline",
                              r["technique"], r["variant"], r["run"]))
+    for g in groups:  # the number a run carries in the plots, also in the table
+        for k, r in enumerate((r for r in rows if r["group"] == g["name"]), 1):
+            r["plot_id"] = k
     return groups
 
 
@@ -160,7 +163,7 @@ def fmt_small(x):
     return "—" if x is None else f"{x:.3g}"
 
 
-COLUMNS = ["group", "technique", "variant", "dtype", "device", "weights", "n", "accuracy", "macro-F1",
+COLUMNS = ["group", "#", "technique", "variant", "dtype", "device", "weights", "n", "accuracy", "macro-F1",
            "agreement %", "mean KL", "p50 ms/q", "p99 ms/q", "q/s", "speedup", "peak MiB", "mem ratio",
            "J/q", "weight MiB", "run"]
 
@@ -173,7 +176,7 @@ def table_cells(r: dict, referenced: set[tuple]) -> list[str]:
         agreement = "ref"
     peak = fmt(r["peak_mib"], 0) + (f" ({'GPU' if r['peak_source'] == 'GPU allocated' else 'RSS'})"
                                     if r["peak_mib"] is not None else "")
-    return [r["group"], r["technique"], r["variant"], fmt(r["dtype"]), f"{r['device_type']}: {r['device_name']}",
+    return [r["group"], r["plot_id"], r["technique"], r["variant"], fmt(r["dtype"]), f"{r['device_type']}: {r['device_name']}",
             r["weights"], fmt(r["n"]), score(r["accuracy"]), score(r["macro_f1"]), agreement,
             fmt_small(r["mean_kl"]), fmt(r["p50_ms"], 2), fmt(r["p99_ms"], 2), fmt(r["qps"], 1),
             fmt(r["speedup"], 2, "×"), peak, fmt(r["mem_ratio"], 2, "×"), fmt(r["energy_j_per_q"], 3),

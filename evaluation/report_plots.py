@@ -28,15 +28,18 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def panels(groups: list[dict], title: str, height: float = 5.6):
+    """One panel per group, stacked; room on the right for the key of numbered runs."""
     import matplotlib.pyplot as plt
 
-    cols = min(2, len(groups))
-    nrows = math.ceil(len(groups) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(7.5 * cols, height * nrows), squeeze=False)
-    for ax in axes.flat[len(groups):]:
-        ax.set_visible(False)
+    fig, axes = plt.subplots(len(groups), 1, figsize=(11.5, height * len(groups)), squeeze=False)
     fig.suptitle(title, fontsize=13)
     return fig, list(axes.flat)
+
+
+def key_height(rows: list[dict]) -> float:
+    """Panel height (inches) that fits the longest key: 9 pt per run."""
+    most = max((sum(r["group"] == g for r in rows) for g in {r["group"] for r in rows}), default=0)
+    return max(5.6, 1.6 + most * 9 / 72)
 
 
 def group_title(g: dict) -> str:
@@ -46,24 +49,34 @@ def group_title(g: dict) -> str:
 
 
 def scatter(ax, rows, xs, ys, colors):
-    """One point per run: filled for real weights, hollow for random weights; labelled technique/variant."""
+    """One point per run: filled for real weights, hollow for random weights. Each point carries the run's
+    number; the key right of the panel names it (technique/variant), so dense clusters stay readable."""
     for r, x, y in zip(rows, xs, ys):
         c = colors[r["technique"]]
         random = r["weights"] == "random"
         ax.scatter([x], [y], s=60 if r["technique"] != "baseline" else 140,
                    marker="o" if r["technique"] != "baseline" else "*",
                    facecolors="none" if random else [c], edgecolors=[c], linewidths=1.6, zorder=3)
-        ax.annotate(f"{r['technique']}/{r['variant']}", (x, y), xytext=(6, 3), textcoords="offset points",
-                    fontsize=7, color=c, arrowprops=dict(arrowstyle="-", color=c, alpha=0.4, lw=0.6))
-    ax.margins(0.15)
+        label = ax.annotate(str(r["plot_id"]), (x, y), xytext=(5, 3), textcoords="offset points", fontsize=8,
+                            color=c, fontweight="bold",
+                            arrowprops=dict(arrowstyle="-", color=c, alpha=0.4, lw=0.6, shrinkA=0, shrinkB=4))
+        label.set_gid("point-label")
+    for i, r in enumerate(sorted(rows, key=lambda r: r["plot_id"])):
+        ax.annotate(f"{r['plot_id']:>2}  {r['technique']}/{r['variant']}"
+                    + (" (random w.)" if r["weights"] == "random" else ""),
+                    (1.02, 1.0), xycoords="axes fraction", xytext=(0, -9 * i), textcoords="offset points",
+                    va="top", fontsize=7, color=colors[r["technique"]], annotation_clip=False)
+    ax.margins(0.12)
 
 
-def spread_labels(ax, labels, step_pt=8, tries=16):
-    """Nudge labels up/down in small steps until they no longer overlap one another (greedy, left to right)."""
+def spread_labels(ax, labels, step_pt=6, tries=16):
+    """Nudge labels up/down in small steps until they overlap neither one another nor leave the panel
+    (greedy, left to right)."""
     from matplotlib.text import Text
 
     renderer = ax.figure.canvas.get_renderer()
     box = lambda t: Text.get_window_extent(t, renderer)  # noqa: E731  the text alone, without its leader line
+    panel = ax.get_window_extent(renderer)
     placed = []
     for text in sorted(labels, key=lambda t: t.xy[0]):
         x0, y0 = text.get_position()
@@ -72,7 +85,8 @@ def spread_labels(ax, labels, step_pt=8, tries=16):
                 text.set_position((x0, y0))
                 break
             text.set_position((x0, y0 + step_pt * ((k + 1) // 2) * (1 if k % 2 else -1)))
-            if not any(box(text).overlaps(b) for b in placed):
+            b = box(text)
+            if panel.y0 <= b.y0 and b.y1 <= panel.y1 and not any(b.overlaps(p) for p in placed):
                 break
         placed.append(box(text))
 
@@ -88,16 +102,23 @@ def legend(ax, colors, rows):
     ax.legend(handles=handles, fontsize=7, loc="best")
 
 
-def log_if_wide(ax, values, axis="x"):
+def log_if_wide(ax, values):
+    """Log x axis when the values span more than 8x, with plain numbers (20, 50, 100) as tick labels."""
+    from matplotlib.ticker import FuncFormatter
+
     values = [v for v in values if v and v > 0]
-    if values and max(values) / min(values) > 20:
-        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    if values and max(values) / min(values) > 8:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(
+            lambda v, _: f"{v:g}" if v > 0 and f"{v:e}"[0] in "25" else ""))
 
 
 def plot_quality_vs_latency(rows, groups, colors, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    fig, axes = panels(groups, "Quality against latency (Pareto front: dashed; upper left is better)")
+    fig, axes = panels(groups, "Quality against latency (Pareto front: dashed; upper left is better)",
+                       key_height(rows))
     for ax, g in zip(axes, groups):
         members = [r for r in rows if r["group"] == g["name"] and r["p50_ms"] is not None]
         random = "random" in g["weights"]
@@ -133,7 +154,7 @@ def plot_quality_vs_latency(rows, groups, colors, path: Path) -> Path:
 
 
 def plot_memory_vs_throughput(rows, groups, colors, path: Path) -> Path:
-    fig, axes = panels(groups, "Peak memory against throughput (lower right is better)")
+    fig, axes = panels(groups, "Peak memory against throughput (lower right is better)", key_height(rows))
     for ax, g in zip(axes, groups):
         members = [r for r in rows if r["group"] == g["name"] and r["qps"] is not None and r["peak_mib"] is not None]
         ax.set_title(group_title(g), fontsize=9)
@@ -189,7 +210,7 @@ def save(fig, path: Path) -> Path:
 
     fig.tight_layout()
     for ax in fig.axes:  # once the layout is final, so the label boxes are where they will be drawn
-        spread_labels(ax, [t for t in ax.texts if isinstance(t, Annotation)])
+        spread_labels(ax, [t for t in ax.texts if isinstance(t, Annotation) and t.get_gid() == "point-label"])
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -143,7 +143,7 @@ def test_report_groups_ratios_and_failures(results_root, tmp_path):
     assert "0.780" in line("baseline-real") and "(random)" not in line("baseline-real")
     assert "2.00×" in line("precision-bf16-cpu") and "3.00×" in line("precision-bf16-gpu")
     assert "(RSS)" in line("precision-bf16-cpu") and "(GPU)" in line("precision-bf16-gpu")
-    assert "ref" in line("baseline-cpu").split("|")[10]
+    assert "ref" in line("baseline-cpu").split("|")[11]
     assert "RuntimeError: no int8 kernel" in line("quantization-dynamic-int8")
     assert "skipped" in line("precision-fp8") and "compute capability" in line("precision-fp8")
     assert "unreadable results.json" in line("broken")
