@@ -176,8 +176,8 @@ def table_cells(r: dict, referenced: set[tuple]) -> list[str]:
         agreement = "ref"
     peak = fmt(r["peak_mib"], 0) + (f" ({'GPU' if r['peak_source'] == 'GPU allocated' else 'RSS'})"
                                     if r["peak_mib"] is not None else "")
-    return [r["group"], r["plot_id"], r["technique"], r["variant"], fmt(r["dtype"]), f"{r['device_type']}: {r['device_name']}",
-            r["weights"], fmt(r["n"]), score(r["accuracy"]), score(r["macro_f1"]), agreement,
+    return [r["group"], r["plot_id"], r["technique"], r["variant"], fmt(r["dtype"]),
+            f"{r['device_type']}: {r['device_name']}", r["weights"], fmt(r["n"]), score(r["accuracy"]), score(r["macro_f1"]), agreement,
             fmt_small(r["mean_kl"]), fmt(r["p50_ms"], 2), fmt(r["p99_ms"], 2), fmt(r["qps"], 1),
             fmt(r["speedup"], 2, "×"), peak, fmt(r["mem_ratio"], 2, "×"), fmt(r["energy_j_per_q"], 3),
             fmt(r["weight_bytes"] / 2**20 if r["weight_bytes"] is not None else None, 1), f"`{r['run']}`"]
