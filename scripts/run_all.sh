@@ -139,7 +139,12 @@ run pruning-unstructured-0.5-finetuned pruning/pruning.py --strategy unstructure
 
 # --- quantization
 for s in dynamic-int8 weight-only-int8 weight-only-int4; do
-  run "quantization-$s" quantization/quant_int8_dynamic_eval.py --scheme "$s"
+  if [[ $s == weight-only-int4 && $DEVICE != cuda ]]; then
+    skip "quantization-$s" "torchao's int4 weight-only kernels (tinygemm) need CUDA; this run is on $DEVICE" \
+      quantization/quant_int8_dynamic_eval.py --scheme "$s"
+  else
+    run "quantization-$s" quantization/quant_int8_dynamic_eval.py --scheme "$s"
+  fi
 done
 for w in int4 int8; do
   run "qat-$w" quantization/qat.py --weights "$w" --steps "${QAT_STEPS:-10}"
