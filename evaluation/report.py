@@ -297,7 +297,8 @@ def main(argv=None):
     report = build_report(roots, out)
     log_wandb(resolve_mode(args.wandb), args.wandb_project, report["rows"], report["failed"], report["plots"], out)
     print(f"report: {report['report']} ({len(report['rows'])} runs in {len(report['groups'])} group(s), "
-          f"{len(report['failed'])} failed or skipped); plots: {', '.join(str(p) for p in report['plots'])}")
+          f"{len(report['failed'])} failed or skipped); plots: "
+          f"{', '.join(str(p) for p in report['plots']) or 'none (no successful run)'}")
 
 
 if __name__ == "__main__":

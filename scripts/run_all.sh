@@ -131,7 +131,7 @@ done
 if [[ $DEVICE == cuda ]]; then  # semi-structured sparse kernels run in fp16/bf16 only
   run pruning-2to4-0.5 pruning/pruning.py --strategy 2:4 --sparsity 0.5 --dtype bfloat16
 else
-  echo; echo "=== note: 2:4 on $DEVICE has no sparse kernels: pruned 2:4 and evaluated dense (the run records it)"
+  wanted pruning-2to4-0.5 && echo && echo "=== note: 2:4 on $DEVICE has no sparse kernels: pruned 2:4 and evaluated dense (the run records it)"
   run pruning-2to4-0.5 pruning/pruning.py --strategy 2:4 --sparsity 0.5
 fi
 run pruning-unstructured-0.5-finetuned pruning/pruning.py --strategy unstructured --sparsity 0.5 \
