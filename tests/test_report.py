@@ -1,0 +1,268 @@
+"""evaluation.report on hand-made results (missing fields, random weights, two devices, two question sets, failed
+and skipped runs), on a real baseline run, and scripts/run_all.sh's control flow with stub technique scripts."""
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evaluation import report, report_plots
+
+ROOT = Path(__file__).resolve().parents[1]
+PMIDS_20 = [str(10_000_000 + 7 * i) for i in range(20)]
+
+TEMPLATE = {
+    "config": {"technique": "baseline", "variant": "fp32-eager", "model": "tiny-random", "limit": 20,
+               "batch_size": 16, "decode": "score", "dtype": "float32", "data_dir": "/data/pubmedqa",
+               "run_name": None, "reference": None, "weights": "random", "options": {}},
+    "environment": {"device_type": "cpu", "device_name": "Test CPU", "date": "2026-11-22T10:00:00+0000"},
+    "model": {"parameters": 1000, "weight_bytes": 4000 * 2**10, "bytes_per_parameter": 4.0, "weights": "random"},
+    "metrics": {"n": 20, "accuracy": 0.35, "macro_f1": 0.22,
+                "latency_question_ms": {"p50": 20.0, "p99": 30.0}, "throughput_qps": 50.0,
+                "torch_peak_allocated_mib": None,
+                "telemetry": {"nvml_error": "NVML not used: the run is on the CPU", "energy_j_per_question": None,
+                              "rss_peak_mib": 600.0}},
+}
+
+
+def make_run(root: Path, name: str, *, technique="baseline", variant="fp32-eager", device="cpu", weights="random",
+             qps=50.0, p50=20.0, peak=600.0, energy=None, accuracy=0.35, agreement=None, reference=None,
+             pmids=PMIDS_20, drop=(), **config) -> Path:
+    """A results.json in the harness' layout (+ predictions.json); `drop`: dotted keys to delete."""
+    r = copy.deepcopy(TEMPLATE)
+    r["config"].update(technique=technique, variant=variant, run_name=name, weights=weights, **config)
+    r["model"]["weights"] = weights
+    m = r["metrics"]
+    m.update(n=len(pmids), accuracy=accuracy, throughput_qps=qps)
+    m["latency_question_ms"].update(p50=p50, p99=1.5 * p50)
+    if device == "cuda":
+        r["environment"].update(device_type="cuda", device_name="Test GPU")
+        m["torch_peak_allocated_mib"] = peak
+        m["telemetry"].update(nvml_error=None, energy_j_per_question=energy, rss_peak_mib=2000.0)
+    else:
+        m["telemetry"]["rss_peak_mib"] = peak
+    if agreement is not None:
+        m["fidelity"] = {"agreement": agreement, "mean_kl": (100 - agreement) / 100, "reference": str(root / reference)}
+    for key in drop:
+        *path, last = key.split(".")
+        d = r
+        for k in path:
+            d = d[k]
+        del d[last]
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.json").write_text(json.dumps(r))
+    (run_dir / "predictions.json").write_text(json.dumps({p: "yes" for p in pmids}))
+    return run_dir
+
+
+@pytest.fixture
+def results_root(tmp_path):
+    root = tmp_path / "results"
+    make_run(root, "baseline-cpu", qps=50.0, peak=600.0)
+    make_run(root, "precision-bf16-cpu", technique="precision", variant="bfloat16", dtype="bfloat16", qps=100.0,
+             p50=10.0, peak=300.0, agreement=90.0, reference="baseline-cpu")
+    # no telemetry at all, no latency: must still be listed
+    make_run(root, "pruning-old", technique="pruning", variant="unstructured-0.5", qps=40.0,
+             drop=("metrics.telemetry", "metrics.latency_question_ms"), agreement=70.0, reference="baseline-cpu")
+    make_run(root, "baseline-gpu", device="cuda", qps=400.0, p50=2.5, peak=4000.0, energy=0.20)
+    make_run(root, "precision-bf16-gpu", technique="precision", variant="bfloat16", device="cuda", qps=1200.0,
+             p50=0.8, peak=2000.0, energy=0.05, agreement=95.0, reference="baseline-gpu")
+    # same device and model, another question set (10 PMIDs), no baseline of its own
+    make_run(root, "tensor-inductor-10q", technique="tensor_rewriting", variant="inductor-default", qps=90.0,
+             pmids=PMIDS_20[:10], limit=10)
+    # real weights: accuracy is a model accuracy
+    make_run(root, "baseline-real", weights="real", model="microsoft/BioGPT-Large-PubMedQA", accuracy=0.78)
+    fail = root / "quantization-dynamic-int8"
+    fail.mkdir()
+    (fail / "error.json").write_text(json.dumps({
+        "command": "python quantization/quant_int8_dynamic_eval.py --scheme dynamic-int8", "returncode": 1,
+        "stderr_tail": "Traceback (most recent call last):\n  File \"q.py\", line 1\nRuntimeError: no int8 kernel"}))
+    skipped = root / "precision-fp8"
+    skipped.mkdir()
+    (skipped / "error.json").write_text(json.dumps({
+        "command": "python precision_reduction/precision_experiments.py --precision fp8", "returncode": None,
+        "skipped": True, "reason": "fp8 needs a CUDA GPU with compute capability >= 8.9"}))
+    (root / "broken").mkdir()
+    (root / "broken" / "results.json").write_text("{not json")
+    # wandb's and temporary directories are not runs
+    make_run(root / "wandb", "offline-run-x")
+    make_run(root, ".precision-int8.tmp123")
+    return root
+
+
+def rows_by_run(rep):
+    return {r["run"]: r for r in rep["rows"]}
+
+
+def test_report_groups_ratios_and_failures(results_root, tmp_path):
+    out = tmp_path / "out"
+    rep = report.build_report([results_root], out)
+    rows = rows_by_run(rep)
+    assert set(rows) == {"baseline-cpu", "precision-bf16-cpu", "pruning-old", "baseline-gpu", "precision-bf16-gpu",
+                         "tensor-inductor-10q", "baseline-real"}
+    # two devices, two question sets, real vs random model: never one group
+    groups = {r["group"] for r in rows.values()}
+    assert len(groups) == 4
+    assert rows["baseline-cpu"]["group"] == rows["precision-bf16-cpu"]["group"] == rows["pruning-old"]["group"]
+    assert rows["baseline-gpu"]["group"] == rows["precision-bf16-gpu"]["group"] != rows["baseline-cpu"]["group"]
+    assert rows["tensor-inductor-10q"]["group"] != rows["baseline-cpu"]["group"]
+    # ratios only against the baseline of the same group
+    assert rows["precision-bf16-cpu"]["speedup"] == pytest.approx(2.0)
+    assert rows["precision-bf16-cpu"]["mem_ratio"] == pytest.approx(0.5)
+    assert rows["precision-bf16-gpu"]["speedup"] == pytest.approx(3.0)
+    assert rows["precision-bf16-gpu"]["mem_ratio"] == pytest.approx(0.5)
+    assert rows["tensor-inductor-10q"]["speedup"] is None
+    # peak memory says where it came from; energy only with NVML
+    assert rows["precision-bf16-cpu"]["peak_source"] == "CPU RSS"
+    assert rows["precision-bf16-gpu"]["peak_source"] == "GPU allocated"
+    assert rows["precision-bf16-gpu"]["energy_j_per_q"] == 0.05
+    assert "NVML not used" in rows["precision-bf16-cpu"]["energy_note"]
+    # missing fields are missing, not invented
+    old = rows["pruning-old"]
+    assert old["p50_ms"] is None and old["peak_mib"] is None and old["mem_ratio"] is None
+    assert old["speedup"] == pytest.approx(0.8)
+    # baseline first within each group
+    order = [r["run"] for r in rep["rows"]]
+    assert order.index("baseline-cpu") < order.index("precision-bf16-cpu") < order.index("pruning-old")
+    assert order.index("baseline-gpu") < order.index("precision-bf16-gpu")
+    # failed, skipped and unreadable runs are listed
+    failed = {f["run"]: f for f in rep["failed"]}
+    assert set(failed) == {"quantization-dynamic-int8", "precision-fp8", "broken"}
+
+    md = (out / "report.md").read_text()
+    tables = md.split("## Runs")[1]  # the run table and the failed-run table, not the group legend
+
+    def line(run):
+        return next(x for x in tables.splitlines() if f"`{run}`" in x and x.startswith("|"))
+    assert "0.350 (random)" in line("precision-bf16-cpu")
+    assert "0.780" in line("baseline-real") and "(random)" not in line("baseline-real")
+    assert "2.00×" in line("precision-bf16-cpu") and "3.00×" in line("precision-bf16-gpu")
+    assert "(RSS)" in line("precision-bf16-cpu") and "(GPU)" in line("precision-bf16-gpu")
+    assert "ref" in line("baseline-cpu").split("|")[11]
+    assert "RuntimeError: no int8 kernel" in line("quantization-dynamic-int8")
+    assert "skipped" in line("precision-fp8") and "compute capability" in line("precision-fp8")
+    assert "unreadable results.json" in line("broken")
+    assert "none (no ratios)" in md
+    assert "offline-run-x" not in md and ".precision-int8" not in md
+    for name in ("quality_vs_latency", "memory_vs_throughput", "energy_per_question"):
+        png = out / "plots" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+        assert f"plots/{name}.png" in md
+    saved = json.loads((out / "report.json").read_text())
+    assert len(saved["runs"]) == 7 and len(saved["failed"]) == 3
+
+
+def test_cpu_only_runs_still_get_an_energy_plot_saying_why(tmp_path):
+    root = tmp_path / "results"
+    make_run(root, "baseline")
+    make_run(root, "precision-bf16", technique="precision", variant="bfloat16", qps=80.0, agreement=95.0,
+             reference="baseline")
+    rep = report.build_report([root], root)
+    assert (root / "plots" / "energy_per_question.png").is_file()
+    assert "J/q (energy per question) is shown only where NVML measured it" in (root / "report.md").read_text()
+    assert rep["rows"][0]["run"] == "baseline"
+
+
+def test_pareto_front():
+    #            fast+bad   slow+good  dominated  fastest+worst
+    points = [(1.0, 50.0), (5.0, 90.0), (6.0, 80.0), (0.5, 40.0)]
+    assert sorted(report_plots.pareto_front(points)) == [0, 1, 3]
+
+
+def test_no_runs_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(report.UsageError, match="no results.json or error.json under"):
+        report.main([str(tmp_path), "--wandb", "disabled"])
+    with pytest.raises(SystemExit) as exit_:  # as `python -m evaluation.report` ends: one line, exit code 2
+        report.run_main(lambda: report.main([str(tmp_path / "missing")]))
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == f"error: results directory not found: {tmp_path / 'missing'}\n"
+
+
+def test_wandb_offline_table(results_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    report.main([str(results_root), "--out", str(tmp_path / "out"), "--wandb", "offline"])
+    (run,) = (tmp_path / "out" / "wandb").glob("offline-run-*")
+    tables = {p.name.split("_0_")[0] for p in run.glob("files/media/table/*.table.json")}
+    assert tables == {"report", "failed_runs"}
+    table = json.loads(next(run.glob("files/media/table/report_*.table.json")).read_text())
+    assert len(table["data"]) == 7 and "speedup" in table["columns"]
+    assert len(list(run.glob("files/media/images/*.png"))) == 3
+
+
+def test_report_on_a_real_baseline_run(base_args, tmp_path):
+    p = subprocess.run([sys.executable, "baseline/baseline.py", *base_args, "--run-name", "baseline"],
+                       cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert p.returncode == 0, p.stderr[-2000:]
+    root = tmp_path / "results"
+    rep = report.build_report([root], tmp_path / "out")
+    (row,) = rep["rows"]
+    assert row["technique"] == "baseline" and row["weights"] == "random" and row["n"] == 6
+    assert row["p50_ms"] > 0 and row["qps"] > 0 and row["speedup"] == pytest.approx(1.0)
+    assert row["peak_source"] == "CPU RSS" and row["peak_mib"] > 0 and row["energy_j_per_q"] is None
+    assert "(random)" in (tmp_path / "out" / "report.md").read_text()
+
+
+STUB = r'''"""Stub script for the run_all test: records its argv, fails for float16, else writes results."""
+import json, os, sys
+from pathlib import Path
+argv = sys.argv[1:]
+with open(os.environ["STUB_CALLS"], "a") as f:
+    f.write(json.dumps([sys.argv[0], *argv]) + "\n")
+if "float16" in argv:
+    sys.exit("RuntimeError: stub failure for float16")
+opt = lambda k: argv[argv.index(k) + 1]
+run_dir = Path(opt("--output-dir")) / opt("--run-name")
+run_dir.mkdir(parents=True, exist_ok=True)
+r = json.loads(Path(os.environ["STUB_TEMPLATE"]).read_text())
+r["config"].update(technique=Path(sys.argv[0]).parent.name, variant=opt("--run-name"))
+(run_dir / "results.json").write_text(json.dumps(r))
+'''
+
+
+def test_run_all_order_reference_failures_and_report(tmp_path):
+    """run_all.sh with stub scripts: baseline first, --reference passed on, a failure recorded and the matrix
+    continues, known-broken combinations listed with a reason, then the report."""
+    tree = tmp_path / "tree"
+    (tree / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "run_all.sh", tree / "scripts")
+    for script in ["baseline/baseline.py", "precision_reduction/precision_experiments.py", "pruning/pruning.py",
+                   "quantization/quant_int8_dynamic_eval.py", "quantization/qat.py",
+                   "tensor_rewriting/tensor_experiments.py"]:
+        (tree / script).parent.mkdir(exist_ok=True)
+        (tree / script).write_text(STUB)
+    template = tmp_path / "template.json"
+    template.write_text(json.dumps(TEMPLATE))
+    calls, out = tmp_path / "calls.jsonl", tmp_path / "out"
+    env = dict(os.environ, STUB_CALLS=str(calls), STUB_TEMPLATE=str(template), RESULTS=str(out),
+               PYTHON=sys.executable, PYTHONPATH=str(ROOT), SPARSITIES="0.5",
+               ONLY="baseline|precision-|pruning-2to4|qat-int4$|tensor-(eager|cudagraphs|tvm-ansor)")
+    p = subprocess.run(["bash", "scripts/run_all.sh", "--device", "cpu", "--limit", "20", "--wandb", "disabled"],
+                       cwd=tree, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-3000:]  # one command failed
+    invoked = [json.loads(x) for x in calls.read_text().splitlines()]
+    assert invoked[0][0] == "baseline/baseline.py"
+    assert all(["--reference", str(out / "baseline")] == c[c.index("--reference"):c.index("--reference") + 2]
+               for c in invoked[1:])
+    assert all("--limit" in c and "--device" in c for c in invoked)
+    names = [c[c.index("--run-name") + 1] for c in invoked]
+    assert names.index("precision-float16") < names.index("tensor-tvm-ansor")  # the matrix went on
+    assert "precision-fp8" not in names and "tensor-cudagraphs-default" not in names
+    err = json.loads((out / "precision-float16" / "error.json").read_text())
+    assert err["returncode"] == 1 and "stub failure for float16" in err["stderr_tail"]
+    assert "--precision float16" in err["command"]
+    assert json.loads((out / "precision-fp8" / "error.json").read_text())["skipped"] is True
+    assert "precision-fp8 SKIPPED" in p.stdout and "compute capability" in p.stdout
+    md = (out / "report.md").read_text()
+    assert "`precision-float16`" in md and "skipped (known broken)" in md
+    assert (out / "plots" / "quality_vs_latency.png").is_file()
+
+
+def test_run_all_refuses_options_it_sets(tmp_path):
+    p = subprocess.run(["bash", str(ROOT / "scripts" / "run_all.sh"), "--output-dir", "x"],
+                       env=dict(os.environ, RESULTS=str(tmp_path)), capture_output=True, text=True)
+    assert p.returncode == 2 and "sets --output-dir itself" in p.stderr
