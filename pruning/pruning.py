@@ -80,8 +80,12 @@ def recover(cfg, model, tokenizer) -> dict:
     train = load_train_questions(cfg.data_dir)
     test_pmids = {q.pmid for q in load_test_questions(cfg.data_dir)}
     t0 = time.perf_counter()
+    dtype, on_gpu = next(model.parameters()).dtype, next(model.parameters()).is_cuda
+    model.float()  # fp32 master weights: a bf16/fp16 weight cannot hold 1e-5-sized updates
     history = finetune(model, tokenizer, train, steps=cfg.options["finetune_steps"], test_pmids=test_pmids,
-                       batch_size=cfg.options["finetune_batch_size"], lr=cfg.options["finetune_lr"], seed=cfg.seed)
+                       batch_size=cfg.options["finetune_batch_size"], lr=cfg.options["finetune_lr"], seed=cfg.seed,
+                       bf16_autocast=on_gpu)
+    model.to(dtype)
     return {"finetune_s": time.perf_counter() - t0, "finetune_questions": len(train),
             "finetune_test_pmids_seen": len(test_pmids & {q.pmid for q in train}), "finetune_history": history}
 
