@@ -99,6 +99,8 @@ def main():
     variant = f"{args.strategy.replace(':', 'of')}-{args.sparsity:g}"
     cfg = config_from_args(args, technique="pruning", variant=variant, dtype=args.weight_dtype)
     questions, run_dir = prepare(cfg)
+    if args.save_dir and Path(args.save_dir).resolve() == run_dir.resolve():
+        raise UsageError(f"--save-dir {args.save_dir} is the run's results directory, which is rewritten; pick another")
     t0 = time.perf_counter()
     model, tokenizer = load_model(cfg)
     load_s = time.perf_counter() - t0
