@@ -171,9 +171,10 @@ def evaluate(model, tokenizer, questions: list[Question], cfg: RunConfig, forwar
 
 def evaluate_and_log(cfg: RunConfig, model, tokenizer, questions, run_dir: Path, *, load_s: float,
                      setup_s: float | None = None, extra: dict | None = None, forward=answer_logits,
-                     buckets: list[int] | None = None) -> dict:
+                     buckets: list[int] | None = None, curves: dict[str, list[dict]] | None = None) -> dict:
     """Evaluate, write results/<run>/ first, then log to wandb. `setup_s`: the technique's own
-    apply/compile/tune time, reported apart from run time. `extra`: the technique's own metrics."""
+    apply/compile/tune time, reported apart from run time. `extra`: the technique's own metrics.
+    `curves`: per-step records taken before evaluation (e.g. a fine-tuning loss), logged as wandb line plots."""
     device = model_device(model)
     weights_cuda = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
     metrics, rows, history = evaluate(model, tokenizer, questions, cfg, forward, buckets)
@@ -196,6 +197,8 @@ def evaluate_and_log(cfg: RunConfig, model, tokenizer, questions, run_dir: Path,
     tracker = Tracker(cfg, run_dir)
     for step, h in enumerate(history):
         tracker.log(h, step=step)
+    for name, records in (curves or {}).items():
+        tracker.curve(name, records)
     tracker.summary(results, rows)
     tracker.finish()
     print_summary(cfg, results, run_dir)

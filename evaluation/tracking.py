@@ -61,6 +61,16 @@ class Tracker:
         if self.run is not None:
             self._guard(self.run.log, data, step=step)
 
+    def curve(self, name: str, records: list[dict]):
+        """Records with a "step" key, as one table + a line plot per other key (no clash with the run's steps)."""
+        def _curve():
+            table = self.wandb.Table(columns=list(records[0]), data=[list(r.values()) for r in records])
+            self.run.log({f"{name}/table": table} | {
+                f"{name}/{key}": self.wandb.plot.line(table, "step", key, title=f"{name}: {key}")
+                for key in records[0] if key != "step"})
+        if records:
+            self._guard(_curve)
+
     def summary(self, results: dict, rows: list[dict]):
         def _summary():
             self.run.summary.update({"environment": results["environment"], "model": results["model"],
