@@ -87,7 +87,8 @@ def random_model(preset: str, seed: int, dtype: torch.dtype, device: torch.devic
     """Seeded random weights of the preset's architecture, created directly on `device`."""
     from transformers import BioGptConfig, BioGptForCausalLM
 
-    config = BioGptConfig(**PRESETS[preset], torch_dtype=dtype)
+    # bench_weights travels in config.json, so a saved and reloaded preset stays marked as random
+    config = BioGptConfig(**PRESETS[preset], torch_dtype=dtype, bench_weights="random")
     config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     with torch.device(device):
@@ -128,11 +129,16 @@ def load_model(cfg: RunConfig, **kwargs):
                          "or a hub id like microsoft/BioGPT-Large-PubMedQA, or a local directory")
     else:
         model = load_pretrained(cfg.model, DTYPES[cfg.dtype], device, **kwargs)
-        cfg.weights = "real"
+        cfg.weights = weights_kind(model)
     if len(tokenizer) != model.config.vocab_size:
         raise UsageError(f"tokenizer has {len(tokenizer)} ids but the model's vocabulary is "
                          f"{model.config.vocab_size}: wrong --tokenizer-dir?")
     return model, tokenizer
+
+
+def weights_kind(model) -> str:
+    """"random" for a preset's seeded weights (also after save and reload), else "real"."""
+    return getattr(model.config, "bench_weights", "real")
 
 
 def model_device(model) -> torch.device:

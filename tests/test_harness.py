@@ -150,3 +150,12 @@ def test_bad_input_one_line_exit_2_nothing_written(tokenizer_dir, data_dir, tmp_
     assert message in last, last
     out = tmp_path / "out"
     assert not out.exists() or not any(out.iterdir()), "a failed run left files behind"
+
+
+def test_saved_random_preset_reloads_marked_random(tiny, tmp_path):
+    model, tok = tiny
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    cfg = RunConfig(model=str(tmp_path), device="cpu")
+    load_model(cfg)
+    assert cfg.weights == "random"
