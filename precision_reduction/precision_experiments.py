@@ -56,8 +56,7 @@ def main():
         model, tokenizer = load_model(cfg)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    if precision == "fp8":
-        model = to_fp8(model)
+    fp8_scales = to_fp8(model) if precision == "fp8" else None
     setup_s = time.perf_counter() - t0
 
     # The measured footprint: CUDA bytes allocated once the weights are in place; on a CPU, the bytes of every
@@ -72,6 +71,7 @@ def main():
         "bnb_quant_type": "llm.int8" if precision == "int8" else BNB_4BIT_TYPES.get(precision),
         "int8_threshold": args.int8_threshold if precision == "int8" else None,
         "double_quant": args.double_quant if precision in BNB_4BIT_TYPES else None,
+        "fp8_scale_granularity": fp8_scales,
         "weight_bytes_measured": measured,
         "weight_bytes_source": "cuda_memory_allocated" if device.type == "cuda" else "stored_tensors",
         "quant_state_bytes": state_bytes,

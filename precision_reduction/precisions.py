@@ -72,14 +72,16 @@ def check_fp8_device(device_name: str) -> None:
                          f"{torch.cuda.get_device_name(device)} is {major}.{minor}")
 
 
-def to_fp8(model):
-    """torchao: float8 e4m3 weights and dynamically scaled float8 activations, per-row scales, in place.
+def to_fp8(model) -> str:
+    """torchao: float8 e4m3 weights and dynamically scaled float8 activations, in place; returns the scale
+    granularity (per row for bfloat16 models, which torchao requires for it; per tensor for float16).
     The LM head (tied to the embeddings) stays in 16-bit like the bitsandbytes modes."""
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
 
-    quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
+    per_row = next(model.parameters()).dtype == torch.bfloat16
+    quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow() if per_row else PerTensor()),
               filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn != "output_projection")
-    return model
+    return "per_row" if per_row else "per_tensor"
 
 
 def quant_state_bytes(model) -> int:
