@@ -146,7 +146,9 @@ def model_device(model) -> torch.device:
 
 
 def parameter_count(model) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Parameters before any packing: a bitsandbytes 4-bit weight stores two per uint8 element."""
+    return sum(p.quant_state.shape.numel() if getattr(p, "quant_state", None) is not None else p.numel()
+               for p in model.parameters())
 
 
 def weight_bytes(model) -> int:

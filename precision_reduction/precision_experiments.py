@@ -14,10 +14,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
 from evaluation import UsageError, build_parser, config_from_args, evaluate_and_log, load_model, prepare, run_main
-from evaluation.modeling import model_device, weight_bytes
+from evaluation.modeling import model_device, parameter_count, weight_bytes
 
 from precision_reduction.precisions import (BNB_4BIT_TYPES, PRECISIONS, bnb_config, check_fp8_device, load_bnb,
-                                            logical_parameter_count, quant_state_bytes, to_fp8)
+                                            quant_state_bytes, to_fp8)
 
 
 def make_parser():
@@ -64,7 +64,7 @@ def main():
     device = model_device(model)
     state_bytes = quant_state_bytes(model)
     measured = torch.cuda.memory_allocated(device) if device.type == "cuda" else weight_bytes(model) + state_bytes
-    params = logical_parameter_count(model)
+    params = parameter_count(model)
     evaluate_and_log(cfg, model, tokenizer, questions, run_dir, load_s=load_s, setup_s=setup_s, extra={
         "precision": precision,
         "compute_dtype": dtype,

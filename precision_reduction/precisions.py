@@ -105,9 +105,3 @@ def quant_state_bytes(model) -> int:
                 add(state.state2.code)
         add(getattr(p, "SCB", None))
     return total
-
-
-def logical_parameter_count(model) -> int:
-    """Parameters before packing: a 4-bit Params4bit holds two weights per uint8 element."""
-    return sum(p.quant_state.shape.numel() if getattr(p, "quant_state", None) is not None else p.numel()
-               for p in model.parameters())
