@@ -171,9 +171,11 @@ def evaluate(model, tokenizer, questions: list[Question], cfg: RunConfig, forwar
 
 def evaluate_and_log(cfg: RunConfig, model, tokenizer, questions, run_dir: Path, *, load_s: float,
                      setup_s: float | None = None, extra: dict | None = None, forward=answer_logits,
-                     buckets: list[int] | None = None) -> dict:
+                     buckets: list[int] | None = None, train_history: list[dict] | None = None) -> dict:
     """Evaluate, write results/<run>/ first, then log to wandb. `setup_s`: the technique's own
-    apply/compile/tune time, reported apart from run time. `extra`: the technique's own metrics."""
+    apply/compile/tune time, reported apart from run time. `extra`: the technique's own metrics.
+    `train_history`: per-step records of a fine-tuning before evaluation (loss, learning rate), logged to
+    wandb as history ahead of the per-batch records."""
     device = model_device(model)
     weights_cuda = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
     metrics, rows, history = evaluate(model, tokenizer, questions, cfg, forward, buckets)
@@ -194,7 +196,7 @@ def evaluate_and_log(cfg: RunConfig, model, tokenizer, questions, run_dir: Path,
     }
     write_run(run_dir, results, rows)
     tracker = Tracker(cfg, run_dir)
-    for step, h in enumerate(history):
+    for step, h in enumerate((train_history or []) + history):
         tracker.log(h, step=step)
     tracker.summary(results, rows)
     tracker.finish()
