@@ -107,7 +107,8 @@ def make_parser():
     g.add_argument("--bf16-autocast", action="store_true", help="train under bfloat16 autocast (CUDA only)")
     g.add_argument("--no-convert", action="store_true",
                    help="evaluate the fine-tuned model without quantization (fake quantization removed)")
-    g.add_argument("--save-dir", default=None, help="where to save the model (safetensors + config.json); default RUN_DIR/model")
+    g.add_argument("--save-dir", default=None,
+                   help="where to save the model (model.safetensors + config.json); default RUN_DIR/model")
     return p
 
 
@@ -145,6 +146,7 @@ def main():
 
     description = {"weights": args.weights, "group_size": args.group_size if args.weights == "int4" else None,
                    "activations": "int8 dynamic per-token asymmetric", "converted": not args.no_convert,
+                   "backend": "torchao-qat" if not args.no_convert else "torchao-qat-noconvert",
                    "steps": args.steps, "train_questions": len(train)}
     # the harness replaces the run directory when it writes results: save into it afterwards
     checkpoint = Path(args.save_dir) if args.save_dir else run_dir / "model"
@@ -157,7 +159,8 @@ def main():
                      train_history=history, extra={"quantization": description | {
                          "train_s": train_s, "convert_s": convert_s, "kernel_path": kernel_path(model),
                          "float_weight_bytes": float_bytes, "quantized_weight_bytes": quantized_bytes,
-                         "weight_bytes_ratio": quantized_bytes / float_bytes, "checkpoint": str(checkpoint / "model.safetensors"),
+                         "weight_bytes_ratio": quantized_bytes / float_bytes,
+                         "checkpoint": str(checkpoint / "model.safetensors"),
                          "train_loss_first": losses[0], "train_loss_last": losses[-1], "train_history": history}})
     print(f"saved {save_checkpoint(model, checkpoint, description)} (load with quantization.qat.load_checkpoint)")
 

@@ -1,0 +1,80 @@
+"""Profile dynamic int8 against fp32 in one process: interleaved timings on the same batches + top operators.
+
+On a shared, busy CPU separate runs see different load; alternating fp32 / torchao / torch.ao forwards on the
+same batch gives a fairer ratio. torch.profiler then shows where each path spends its time.
+
+    python quantization/profile_dynamic_int8.py --model biogpt-base-random --tokenizer-dir ../shared/data/biogpt-large \
+        --data-dir ../shared/data/pubmedqa --limit 8 --batch-size 4 --rounds 3 --out results/profile-dynamic-int8.json
+"""
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's evaluation/ and quantization/
+
+from evaluation import build_parser, config_from_args, load_model, load_test_questions, run_main
+from evaluation.answering import ANSWER_PREFIX, answer_logits, answer_token_ids, encode_prompt, make_batches
+from quantization.int8_layers import quantize_decoder
+
+
+def make_parser():
+    p = build_parser(__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds; each runs every model on every batch")
+    p.add_argument("--out", default=None, help="write timings + operator tables as JSON here")
+    return p
+
+
+def top_ops(fn, n=8) -> list[dict]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:n]
+    total = sum(e.self_cpu_time_total for e in prof.key_averages())
+    return [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total,
+             "calls": e.count} for e in events]
+
+
+def main():
+    cfg = config_from_args(make_parser().parse_args(), technique="quantization", variant="profile-dynamic-int8")
+    model, tokenizer = load_model(cfg)
+    questions = load_test_questions(cfg.data_dir, cfg.limit)
+    ids = [encode_prompt(tokenizer, q, ANSWER_PREFIX, model.config.max_position_embeddings)[0] for q in questions]
+    batches = make_batches(ids, cfg.batch_size, tokenizer.pad_token_id, False, torch.device("cpu"))
+    answer_ids = torch.tensor(answer_token_ids(tokenizer))
+    models = {"fp32": model}
+    for backend in ("torchao", "torch-ao"):
+        models[backend] = copy.deepcopy(model)
+        quantize_decoder(models[backend], "dynamic-int8", torch.device("cpu"), cpu_backend=backend)
+
+    def run(m):
+        return [answer_logits(m, b, answer_ids) for b in batches]
+
+    for m in models.values():  # warm-up (first-call allocations, weight packing)
+        run(m)
+    times = {name: [] for name in models}
+    for _ in range(cfg.options["rounds"]):
+        for name, m in models.items():
+            t0 = time.perf_counter()
+            run(m)
+            times[name].append(time.perf_counter() - t0)
+    median = {name: statistics.median(t) for name, t in times.items()}
+    report = {"model": cfg.model, "questions": len(questions), "batch_size": cfg.batch_size,
+              "threads": torch.get_num_threads(), "rounds_s": times, "median_s": median,
+              "speedup_vs_fp32": {n: median["fp32"] / s for n, s in median.items()},
+              "top_ops": {name: top_ops(lambda m=m: run(m)) for name, m in models.items()}}
+    for name in models:
+        print(f"{name:9s} median {median[name]:.2f} s  x{report['speedup_vs_fp32'][name]:.2f} vs fp32  "
+              f"rounds {', '.join(f'{t:.2f}' for t in times[name])}")
+        for op in report["top_ops"][name][:5]:
+            print(f"    {op['op']:40s} {op['self_ms']:9.1f} ms  {op['share']:5.1%}  x{op['calls']}")
+    if cfg.options["out"]:
+        Path(cfg.options["out"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.options["out"]).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    run_main(main)
