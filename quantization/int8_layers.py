@@ -6,7 +6,7 @@ import torch
 from evaluation import UsageError
 
 PTQ_SCHEMES = ("dynamic-int8", "weight-only-int8", "weight-only-int4")
-DYNAMIC_CPU_BACKENDS = ("torch-ao", "torchao")
+DYNAMIC_CPU_BACKENDS = ("torch-ao", "torchao")  # the first is the CPU default
 
 
 def is_decoder_linear(module: torch.nn.Module, fqn: str) -> bool:

@@ -75,8 +75,9 @@ def test_ptq_script_writes_results_with_kernel_path(base_args, tmp_path, monkeyp
     run = tmp_path / "results" / "dyn"
     results = json.loads((run / "results.json").read_text())
     q = results["metrics"]["quantization"]
-    assert q["scheme"] == "dynamic-int8" and q["backend"] == "torchao"
-    assert q["kernel_path"]["decoder_linears"][0]["weight_tensor"] == "Int8Tensor"
+    assert q["scheme"] == "dynamic-int8" and q["backend"] == "torch-ao"  # the CPU default
+    kind = q["kernel_path"]["decoder_linears"][0]
+    assert kind["module"].startswith("torch.ao.nn.quantized.dynamic") and kind["storage"] == {"weight": "torch.qint8"}
     assert q["quantized_weight_bytes"] < q["float_weight_bytes"]
     assert len(json.loads((run / "predictions.json").read_text())) == 6
 
