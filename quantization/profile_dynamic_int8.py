@@ -66,11 +66,14 @@ def linear_shapes(cfg) -> dict:
         x = torch.randn(cfg.options["linear_tokens"], k)
         with torch.inference_mode():
             times = interleaved(quantized_copies(holder), lambda m: m.biogpt.layers(x), cfg.options["rounds"])
+            ops = {name: top_ops(lambda m=m: m.biogpt.layers(x)) for name, m in quantized_copies(holder).items()}
         median = {name: statistics.median(t) for name, t in times.items()}
         report[f"{k}->{n}"] = {"median_ms": {n_: v * 1e3 for n_, v in median.items()},
-                               "speedup_vs_fp32": {n_: median["fp32"] / v for n_, v in median.items()}}
+                               "speedup_vs_fp32": {n_: median["fp32"] / v for n_, v in median.items()},
+                               "top_ops": ops}
         print(f"Linear {k}->{n}, {x.shape[0]} tokens: " + "  ".join(
             f"{n_} {v * 1e3:.1f} ms (x{median['fp32'] / v:.2f})" for n_, v in median.items()))
+        print("    torchao: " + ", ".join(f"{op['op']} {op['share']:.0%}" for op in ops["torchao"][:6]))
     return report
 
 
