@@ -11,6 +11,7 @@ activations). No calibration data is needed.
 """
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -67,7 +68,7 @@ def main():
                          if args.scheme == "weight-only-int4" else None, "kernel_path": path,
                          "float_weight_bytes": float_bytes, "quantized_weight_bytes": quantized_bytes,
                          "weight_bytes_ratio": quantized_bytes / float_bytes,
-                         "torch": torch.__version__, "torchao": __import__("torchao").__version__}})
+                         "torch": torch.__version__, "torchao": version("torchao")}})
 
 
 if __name__ == "__main__":
