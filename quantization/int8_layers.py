@@ -37,8 +37,10 @@ def quantize_decoder(model, scheme: str, device: torch.device, group_size: int =
     from torchao.quantization import quantize_
 
     if scheme == "dynamic-int8" and device.type == "cpu" and cpu_backend == "torch-ao":
-        torch.ao.quantization.quantize_dynamic(model.biogpt.layers, {torch.nn.Linear}, dtype=torch.qint8,
-                                               inplace=True)
+        # per output channel weight scales, like torchao's per-row (the default qconfig is per tensor)
+        torch.ao.quantization.quantize_dynamic(
+            model.biogpt.layers, {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig},
+            dtype=torch.qint8, inplace=True)
         return
     quantize_(model, ptq_config(scheme, device, group_size), filter_fn=is_decoder_linear)
 
@@ -62,11 +64,13 @@ def kernel_path(model) -> dict:
 
 
 def packed_weight_bytes(model) -> int:
-    """Bytes of torch.ao's packed int8 weights and their float biases, which weight_bytes() does not see
+    """Bytes of torch.ao's packed int8 weights, their scales and float biases, which weight_bytes() does not see
     (they live in a packed-params object, not in a parameter or buffer); 0 for torchao models."""
     total = 0
     for _, m in decoder_linears(model):
         if callable(m.weight):
             w, b = m._weight_bias()
             total += w.int_repr().nbytes + (b.nbytes if b is not None else 0)
+            if w.qscheme() == torch.per_channel_affine:
+                total += w.q_per_channel_scales().nbytes + w.q_per_channel_zero_points().nbytes
     return total
