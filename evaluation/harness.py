@@ -174,7 +174,8 @@ def evaluate_and_log(cfg: RunConfig, model, tokenizer, questions, run_dir: Path,
                      buckets: list[int] | None = None, curves: dict[str, list[dict]] | None = None) -> dict:
     """Evaluate, write results/<run>/ first, then log to wandb. `setup_s`: the technique's own
     apply/compile/tune time, reported apart from run time. `extra`: the technique's own metrics.
-    `curves`: per-step records taken before evaluation (e.g. a fine-tuning loss), logged as wandb line plots."""
+    `curves`: per-step records taken before evaluation (e.g. a fine-tuning loss), logged to wandb as history
+    against their own step axis (`NAME/step`), e.g. {"finetune": [{"step", "train_loss", "learning_rate"}, ...]}."""
     device = model_device(model)
     weights_cuda = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
     metrics, rows, history = evaluate(model, tokenizer, questions, cfg, forward, buckets)

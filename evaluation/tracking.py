@@ -62,12 +62,12 @@ class Tracker:
             self._guard(self.run.log, data, step=step)
 
     def curve(self, name: str, records: list[dict]):
-        """Records with a "step" key, as one table + a line plot per other key (no clash with the run's steps)."""
+        """Per-step records (each with a "step" key) as wandb history on their own x axis, NAME/step."""
         def _curve():
-            table = self.wandb.Table(columns=list(records[0]), data=[list(r.values()) for r in records])
-            self.run.log({f"{name}/table": table} | {
-                f"{name}/{key}": self.wandb.plot.line(table, "step", key, title=f"{name}: {key}")
-                for key in records[0] if key != "step"})
+            self.run.define_metric(f"{name}/step")
+            self.run.define_metric(f"{name}/*", step_metric=f"{name}/step")
+            for record in records:
+                self.run.log({f"{name}/{key}": value for key, value in record.items()})
         if records:
             self._guard(_curve)
 

@@ -159,3 +159,14 @@ def test_saved_random_preset_reloads_marked_random(tiny, tmp_path):
     cfg = RunConfig(model=str(tmp_path), device="cpu")
     load_model(cfg)
     assert cfg.weights == "random"
+
+
+def test_training_curve_logged_as_wandb_history(tmp_path):
+    from evaluation.tracking import Tracker
+
+    cfg = RunConfig(model="tiny-random", wandb="offline", run_name="curve", output_dir=str(tmp_path))
+    tracker = Tracker(cfg, tmp_path / "curve")
+    tracker.curve("finetune", [{"step": i, "train_loss": 3.0 - i, "learning_rate": 1e-5} for i in range(3)])
+    tracker.finish()
+    log = next((tmp_path / "wandb").glob("offline-run-*/*.wandb")).read_bytes()
+    assert b"finetune/train_loss" in log and b"finetune/step" in log

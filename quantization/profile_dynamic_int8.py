@@ -1,0 +1,126 @@
+"""Profile dynamic int8 against fp32 in one process: interleaved timings on the same batches + top operators.
+
+On a shared, busy CPU separate runs see different load; alternating fp32 / torchao / torch.ao forwards on the
+same batch gives a fairer ratio. torch.profiler then shows where each path spends its time.
+
+    python quantization/profile_dynamic_int8.py --model biogpt-base-random --tokenizer-dir ../shared/data/biogpt-large \
+        --data-dir ../shared/data/pubmedqa --limit 8 --batch-size 4 --rounds 3 --out results/profile-dynamic-int8.json
+    python quantization/profile_dynamic_int8.py --model biogpt-base-random --linear-tokens 2048 --rounds 5
+"""
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's evaluation/ and quantization/
+
+from evaluation import (PRESETS, UsageError, build_parser, config_from_args, load_model, load_test_questions,
+                        run_main)
+from evaluation.answering import ANSWER_PREFIX, answer_logits, answer_token_ids, encode_prompt, make_batches
+from quantization.int8_layers import quantize_decoder
+
+
+def make_parser():
+    p = build_parser(__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds; each runs every model on every batch")
+    p.add_argument("--out", default=None, help="write timings + operator tables as JSON here")
+    p.add_argument("--linear-tokens", type=int, default=None,
+                   help="instead of the model: time its three decoder Linear shapes alone on this many random "
+                        "tokens (light: no model is loaded; presets only)")
+    return p
+
+
+def interleaved(models: dict, fn, rounds: int) -> dict:
+    """Median seconds per model; every round runs each model once, so load changes hit all alike."""
+    for m in models.values():  # warm-up (first-call allocations, weight packing)
+        fn(m)
+    times = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, m in models.items():
+            t0 = time.perf_counter()
+            fn(m)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def quantized_copies(model) -> dict:
+    models = {"fp32": model}
+    for backend in ("torchao", "torch-ao"):
+        models[backend] = copy.deepcopy(model)
+        quantize_decoder(models[backend], "dynamic-int8", torch.device("cpu"), cpu_backend=backend)
+    return models
+
+
+def linear_shapes(cfg) -> dict:
+    """fp32 vs both int8 paths on single Linears of the preset's shapes (wrapped so quantize_decoder applies)."""
+    h, ffn = PRESETS[cfg.model]["hidden_size"], PRESETS[cfg.model]["intermediate_size"]
+    report = {}
+    for k, n in [(h, h), (h, ffn), (ffn, h)]:
+        holder = torch.nn.Module()
+        holder.biogpt = torch.nn.Module()
+        holder.biogpt.layers = torch.nn.Sequential(torch.nn.Linear(k, n)).eval()
+        x = torch.randn(cfg.options["linear_tokens"], k)
+        with torch.inference_mode():
+            times = interleaved(quantized_copies(holder), lambda m: m.biogpt.layers(x), cfg.options["rounds"])
+            ops = {name: top_ops(lambda m=m: m.biogpt.layers(x)) for name, m in quantized_copies(holder).items()}
+        median = {name: statistics.median(t) for name, t in times.items()}
+        report[f"{k}->{n}"] = {"median_ms": {n_: v * 1e3 for n_, v in median.items()},
+                               "speedup_vs_fp32": {n_: median["fp32"] / v for n_, v in median.items()},
+                               "top_ops": ops}
+        print(f"Linear {k}->{n}, {x.shape[0]} tokens: " + "  ".join(
+            f"{n_} {v * 1e3:.1f} ms (x{median['fp32'] / v:.2f})" for n_, v in median.items()))
+        print("    torchao: " + ", ".join(f"{op['op']} {op['share']:.0%}" for op in ops["torchao"][:6]))
+    return report
+
+
+def top_ops(fn, n=8) -> list[dict]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:n]
+    total = sum(e.self_cpu_time_total for e in prof.key_averages())
+    return [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total,
+             "calls": e.count} for e in events]
+
+
+def main():
+    cfg = config_from_args(make_parser().parse_args(), technique="quantization", variant="profile-dynamic-int8")
+    if cfg.options["linear_tokens"]:
+        if cfg.model not in PRESETS:
+            raise UsageError(f"--linear-tokens needs a preset model ({', '.join(PRESETS)}), got {cfg.model!r}")
+        return write(cfg, {"model": cfg.model, "threads": torch.get_num_threads(), "linears": linear_shapes(cfg)})
+    model, tokenizer = load_model(cfg)
+    questions = load_test_questions(cfg.data_dir, cfg.limit)
+    ids = [encode_prompt(tokenizer, q, ANSWER_PREFIX, model.config.max_position_embeddings)[0] for q in questions]
+    batches = make_batches(ids, cfg.batch_size, tokenizer.pad_token_id, False, torch.device("cpu"))
+    answer_ids = torch.tensor(answer_token_ids(tokenizer))
+    models = quantized_copies(model)
+
+    def run(m):
+        return [answer_logits(m, b, answer_ids) for b in batches]
+
+    times = interleaved(models, run, cfg.options["rounds"])
+    median = {name: statistics.median(t) for name, t in times.items()}
+    report = {"model": cfg.model, "questions": len(questions), "batch_size": cfg.batch_size,
+              "threads": torch.get_num_threads(), "rounds_s": times, "median_s": median,
+              "speedup_vs_fp32": {n: median["fp32"] / s for n, s in median.items()},
+              "top_ops": {name: top_ops(lambda m=m: run(m)) for name, m in models.items()}}
+    for name in models:
+        print(f"{name:9s} median {median[name]:.2f} s  x{report['speedup_vs_fp32'][name]:.2f} vs fp32  "
+              f"rounds {', '.join(f'{t:.2f}' for t in times[name])}")
+        for op in report["top_ops"][name][:5]:
+            print(f"    {op['op']:40s} {op['self_ms']:9.1f} ms  {op['share']:5.1%}  x{op['calls']}")
+    write(cfg, report)
+
+
+def write(cfg, report: dict):
+    if cfg.options["out"]:
+        Path(cfg.options["out"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.options["out"]).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    run_main(main)
