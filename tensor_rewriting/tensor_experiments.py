@@ -54,6 +54,9 @@ def make_parser():
     g.add_argument("--tvm-trials", type=int, default=64, help="tvm ansor: MetaSchedule trial budget in all")
     g.add_argument("--tvm-work-dir", default="results/tvm-work",
                    help="tvm ansor: MetaSchedule database directory; a later run reuses its tuning records")
+    g.add_argument("--tvm-tune-ops", default="matmul",
+                   help="tvm ansor: tune only fused kernels whose name holds one of these comma-separated words "
+                        "('all': every kernel); the matmuls hold nearly all of the time")
     return p
 
 
@@ -70,7 +73,8 @@ def compile_forward(model, answer_ids, args, device):
     module = AnswerLogits(model, answer_ids)
     if args.backend == "tvm":
         from tvm_backend import TVMCompiler
-        return TVMCompiler(module, args.mode, device, args.tvm_trials, args.tvm_work_dir)
+        ops = None if args.tvm_tune_ops == "all" else args.tvm_tune_ops.split(",")
+        return TVMCompiler(module, args.mode, device, args.tvm_trials, args.tvm_work_dir, ops)
     from torch_backends import TorchCompiled
     return TorchCompiled(module, args.backend, args.mode, args.buckets)
 
@@ -81,6 +85,8 @@ def main():
                            dtype=args.model_dtype)
     if cfg.decode != "score":
         raise UsageError("tensor_experiments compiles the score path; --decode generate is not supported")
+    if args.tvm_trials < 1:
+        raise UsageError(f"--tvm-trials must be at least 1, got {args.tvm_trials}")
     if args.check_batches < 1:
         raise UsageError(f"--check-batches must be at least 1, got {args.check_batches}")
     args.buckets = bucket_list(args.buckets)

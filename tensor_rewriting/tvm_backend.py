@@ -4,14 +4,25 @@ The torch.export route, not TVM's dynamo backend: with TVM 0.27 the dynamo route
 Weights stay Relax function inputs and are handed over from PyTorch by DLPack (no copy of a 6 GB model)."""
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
+import sys
 import time
 
+import cloudpickle
 import torch
 import tvm
+import tvm_ffi
 from tvm import relax
 from tvm.relax.frontend.torch import from_exported_program
 from tvm.s_tir import meta_schedule as ms
+
+from evaluation import UsageError
+
+JSON_DATABASE_BROKEN = (f"MetaSchedule cannot write its tuning database here: tvm.ir.save_json segfaults with "
+                        f"apache-tvm-ffi {tvm_ffi.__version__} under apache-tvm {tvm.__version__}; "
+                        "pip install apache-tvm-ffi==0.1.14.post0 (the version TVM 0.27 works with) for --mode ansor")
 
 
 def tvm_target(device: torch.device) -> tvm.target.Target:
@@ -35,33 +46,66 @@ def export_relax(module: torch.nn.Module, example: tuple) -> tuple[tvm.IRModule,
     return mod, [by_name[n] for n in names]
 
 
-def tuned(database: ms.Database, task) -> bool:
-    return database.query_tuning_record(task.dispatched[0], task.target, task.task_name) is not None
+@functools.cache
+def json_database_works() -> bool:
+    """Serialise one TIR node in a child process: a mismatched tvm-ffi build segfaults in ToJSONGraph."""
+    probe = "import tvm; tvm.ir.save_json(tvm.tirx.IntImm('int32', 1))"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
 
 
-def tune(mod: tvm.IRModule, target: tvm.target.Target, trials: int, work_dir: str) -> tuple[tvm.IRModule, dict]:
-    """MetaSchedule over the fused kernels not yet in work_dir's database; then every kernel from it."""
+def llvm_build(mod, target, _params):
+    """MetaSchedule's builder without its `import tvm.s_tir.tensor_intrin`: that import parses hundreds of
+    TVMScript intrinsics in every fresh builder process (30-100 s on a small busy CPU), so every candidate hit
+    the builder's 30 s timeout and tuning recorded nothing. LLVM schedules never tensorize with them."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+def has_record(database: ms.Database, task) -> bool:
+    """A measured record, not only failed candidates (those are stored with a 1e10 s run time)."""
+    if not database.has_workload(task.dispatched[0]):
+        return False
+    best = database.get_top_k(database.commit_workload(task.dispatched[0]), 1)
+    return bool(best) and bool(best[0].run_secs) and float(best[0].run_secs[0]) < 1e9
+
+
+def tune(mod: tvm.IRModule, target: tvm.target.Target, trials: int, work_dir: str, ops: list[str] | None):
+    """MetaSchedule over the fused kernels (those named like `ops`, all when None) that work_dir's database
+    has no record for; then every kernel the database knows is applied. (module, task counts)."""
     with target:
         mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
                                         relax.transform.CanonicalizeBindings(),
-                                        relax.get_pipeline("zero")])(mod)
-    tasks = ms.relax_integration.extract_tasks(mod, target)
+                                        relax.get_pipeline("zero")])(mod)  # legalize + fuse: the tasks
+    tasks = [t for t in ms.relax_integration.extract_tasks(mod, target)
+             if ops is None or any(op in t.task_name for op in ops)]
     database = ms.database.JSONDatabase(work_dir=work_dir)
-    todo = [t for t in tasks if not tuned(database, t)]
+    todo = [t for t in tasks if not has_record(database, t)]
     if todo:
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(todo, work_dir)
-        ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir, database=database,
-                           max_trials_global=trials, max_trials_per_task=max(1, trials // len(todo)))
-    with target, tvm.transform.PassContext(opt_level=3):
-        mod = relax.transform.MetaScheduleApplyDatabase(work_dir)(mod)
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(todo, work_dir, seed=0)
+        cpu = target.kind.name == "llvm"
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])  # builder processes can't import this file
+        ms.tune.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=work_dir, database=database,
+            max_trials_global=trials, max_trials_per_task=max(1, trials // len(todo)),
+            num_trials_per_iter=min(64, max(1, trials // len(todo))),
+            builder=ms.builder.LocalBuilder(f_build=llvm_build if cpu else None, timeout_sec=300),
+            runner=ms.runner.LocalRunner(timeout_sec=120),
+            cost_model="xgb" if trials >= 64 else "random")  # too few samples to fit a cost model on
+    with target, database, tvm.transform.PassContext(opt_level=3):
+        mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
     return mod, {"tasks": len(tasks), "tasks_tuned": len(todo), "tasks_from_database": len(tasks) - len(todo)}
 
 
 class TVMCompiler:
     """Callable over the 4 prompt tensors; builds (and tunes) once per input shape, then reuses the build."""
 
-    def __init__(self, module: torch.nn.Module, mode: str, device: torch.device, trials: int, work_dir: str):
-        self.module, self.tune = module, mode in ("ansor", "meta-schedule")
+    def __init__(self, module: torch.nn.Module, mode: str, device: torch.device, trials: int, work_dir: str,
+                 tune_ops: list[str] | None = None):
+        self.module, self.tune, self.tune_ops = module, mode in ("ansor", "meta-schedule"), tune_ops
+        if self.tune and not json_database_works():
+            raise UsageError(JSON_DATABASE_BROKEN)
         self.target, self.trials, self.work_dir = tvm_target(device), trials, work_dir
         self.dev = tvm.cuda(device.index or 0) if device.type == "cuda" else tvm.cpu(0)
         self.builds, self.times = {}, {"export_s": 0.0, "tune_s": 0.0, "build_s": 0.0}
@@ -74,7 +118,7 @@ class TVMCompiler:
         t1 = time.perf_counter()
         if self.tune:
             os.makedirs(self.work_dir, exist_ok=True)
-            mod, counts = tune(mod, self.target, self.trials, self.work_dir)
+            mod, counts = tune(mod, self.target, self.trials, self.work_dir, self.tune_ops)
             self.tuning = {k: self.tuning[k] + v for k, v in counts.items()}
         t2 = time.perf_counter()
         vm = relax.VirtualMachine(tvm.compile(mod, target=self.target), self.dev)
