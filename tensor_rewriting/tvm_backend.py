@@ -33,11 +33,52 @@ def tvm_target(device: torch.device) -> tvm.target.Target:
                               "num-cores": os.cpu_count()})
 
 
+# TVM 0.27's PyTorch frontend gives every matmul (mm, bmm, matmul, addmm) a float32 result, whatever the input
+# dtype: in a float16/bfloat16 model the next op then mixes float32 with half tensors, a Relax type error (and
+# float32 activations leaking into a half-precision graph). PyTorch accumulates in float32 and rounds the result
+# once to the input dtype; these converters do the same, so the Relax graph keeps the model's dtype.
+def matmul_rounded_once(node, importer):
+    x, y = (importer.env[a] for a in node.args[:2])
+    emit = importer.block_builder.emit
+    out = emit(relax.op.matmul(x, y, out_dtype="float32"))
+    return emit(relax.op.astype(out, x.ty.dtype)) if x.ty.dtype != "float32" else out
+
+
+def addmm_rounded_once(node, importer):
+    """addmm (nn.Linear): float32 accumulation and bias add, then one rounding to the input dtype."""
+    if node.kwargs.get("alpha", 1) != 1 or node.kwargs.get("beta", 1) != 1:
+        return importer._addmm(node)
+    bias, x, weight = (importer.env[a] for a in node.args[:3])
+    emit = importer.block_builder.emit
+    out = emit(relax.op.matmul(x, weight, out_dtype="float32"))
+    out = emit(relax.op.add(out, emit(relax.op.astype(bias, "float32"))))
+    return emit(relax.op.astype(out, x.ty.dtype)) if x.ty.dtype != "float32" else out
+
+
+def layer_norm_in_float32(node, importer):
+    """bfloat16 layer norm computed in float32 (Relax's layer_norm takes float32/float16 only), as PyTorch does."""
+    x = importer.env[node.args[0]]
+    if x.ty.dtype != "bfloat16" or len(node.args) < 4:
+        return (importer._native_layer_norm if "native" in str(node.target) else importer._layer_norm)(node)
+    emit = importer.block_builder.emit
+    gamma, beta = (emit(relax.op.astype(importer.env[a], "float32")) for a in node.args[2:4])
+    eps = node.args[4] if len(node.args) > 4 else 1e-5
+    axes = list(range(-len(node.args[1]), 0))
+    out = emit(relax.op.nn.layer_norm(emit(relax.op.astype(x, "float32")), gamma, beta, axes, eps))
+    return emit(relax.op.astype(out, "bfloat16"))
+
+
+CONVERTERS = {"layer_norm.default": layer_norm_in_float32, "native_layer_norm.default": layer_norm_in_float32,
+              "addmm.default": addmm_rounded_once, "mm.default": matmul_rounded_once,
+              "bmm.default": matmul_rounded_once, "matmul.default": matmul_rounded_once}
+
+
 def export_relax(module: torch.nn.Module, example: tuple) -> tuple[tvm.IRModule, list[torch.Tensor]]:
     """(Relax module whose main takes the inputs then the weights, the weights in that order)."""
     with torch.no_grad():
         program = torch.export.export(module, example)
-    mod = from_exported_program(program, keep_params_as_input=True)
+    mod = from_exported_program(program, keep_params_as_input=True,
+                                custom_convert_map=CONVERTERS)
     mod, _ = relax.frontend.detach_params(mod)
     # Bind by name, not by position: the Relax inputs follow the graph signature's placeholders.
     by_name = {spec.arg.name: program.state_dict[spec.target] for spec in program.graph_signature.input_specs
