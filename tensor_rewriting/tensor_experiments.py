@@ -100,6 +100,10 @@ def main():
     answer_ids = torch.tensor(answer_token_ids(tokenizer), device=device)
     batches = score_batches(model, tokenizer, questions, cfg.batch_size, args.buckets)
 
+    if args.backend == "tvm":
+        from tvm_backend import check_indices
+        check_indices(batches, model.config)
+
     t0 = time.perf_counter()
     compiled = compile_forward(model, answer_ids, args, device)
     forward = StaticForward(compiled, min(cfg.batch_size, len(questions)))

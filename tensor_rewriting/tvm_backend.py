@@ -87,6 +87,19 @@ def export_relax(module: torch.nn.Module, example: tuple) -> tuple[tvm.IRModule,
     return mod, [by_name[n] for n in names]
 
 
+def check_indices(batches, config):
+    """Relax lowers embedding and gather to take(mode="fast"), which does not bounds-check: an out-of-range token
+    id gives a NaN logits row, an out-of-range position or last index silent garbage, where PyTorch would raise
+    (how a first BioGPT build could return NaN). Refuse such batches before they reach compiled code."""
+    for b in batches:
+        if int(b.input_ids.min()) < 0 or int(b.input_ids.max()) >= config.vocab_size:
+            raise UsageError(f"token ids outside the model's vocabulary of {config.vocab_size}: wrong tokenizer?")
+        if int(b.position_ids.max()) >= config.max_position_embeddings:
+            raise UsageError(f"positions beyond the model's {config.max_position_embeddings}: lower the buckets")
+        if int(b.last_index.max()) >= b.input_ids.shape[1]:
+            raise UsageError("last-token index outside its batch")
+
+
 @functools.cache
 def json_database_works() -> bool:
     """Serialise one TIR node in a child process: a mismatched tvm-ffi build segfaults in ToJSONGraph."""
@@ -124,16 +137,19 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, trials: int, work_dir: st
     database = ms.database.JSONDatabase(work_dir=work_dir)
     todo = [t for t in tasks if not has_record(database, t)]
     if todo:
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(todo, work_dir, seed=0)
+        # A budget too small to fit a cost model on: replay random schedules rather than evolve a population.
+        search = "evolutionary" if trials >= 64 else "replay-trace"
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(todo, work_dir, strategy=search,
+                                                                                  seed=0)
         cpu = target.kind.name == "llvm"
         cloudpickle.register_pickle_by_value(sys.modules[__name__])  # builder processes can't import this file
         ms.tune.tune_tasks(
             tasks=contexts, task_weights=weights, work_dir=work_dir, database=database,
             max_trials_global=trials, max_trials_per_task=max(1, trials // len(todo)),
             num_trials_per_iter=min(64, max(1, trials // len(todo))),
-            builder=ms.builder.LocalBuilder(f_build=llvm_build if cpu else None, timeout_sec=300),
+            builder=ms.builder.LocalBuilder(f_build=llvm_build if cpu else None, timeout_sec=300, max_workers=1),
             runner=ms.runner.LocalRunner(timeout_sec=120),
-            cost_model="xgb" if trials >= 64 else "random")  # too few samples to fit a cost model on
+            cost_model="xgb" if search == "evolutionary" else "random")
     with target, database, tvm.transform.PassContext(opt_level=3):
         mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
     return mod, {"tasks": len(tasks), "tasks_tuned": len(todo), "tasks_from_database": len(tasks) - len(todo)}

@@ -1,5 +1,6 @@
 """tensor_rewriting: compiled logits match eager, no recompilation across passes, TVM tuning cache, bad combos."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ sys.path.insert(0, str(ROOT / "tensor_rewriting"))
 
 def run_script(base_args, *extra):
     # PYTHONPATH: this checkout's evaluation package, whatever copy is installed.
-    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, str(SCRIPT), *base_args, *extra], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -70,14 +71,32 @@ def test_tvm_tuning_database_written_then_reused(tmp_path):
     x = torch.randn(4, 16)
     work_dir = tmp_path / "tuning"
 
-    first = tvm_backend.TVMCompiler(module, "ansor", torch.device("cpu"), trials=2, work_dir=str(work_dir))
+    first = tvm_backend.TVMCompiler(module, "ansor", torch.device("cpu"), trials=2, work_dir=str(work_dir),
+                                       tune_ops=["matmul"])
     torch.testing.assert_close(first(x), module(x), rtol=1e-4, atol=1e-5)
     stats = first.stats()
     assert stats["compilations"] == 1 and stats["tasks"] >= 1 and stats["tasks_tuned"] == stats["tasks"]
     records = work_dir / "database_tuning_record.json"
     assert records.stat().st_size > 0
 
-    second = tvm_backend.TVMCompiler(module, "meta-schedule", torch.device("cpu"), trials=2, work_dir=str(work_dir))
+    second = tvm_backend.TVMCompiler(module, "meta-schedule", torch.device("cpu"), trials=2, work_dir=str(work_dir),
+                                        tune_ops=["matmul"])
     torch.testing.assert_close(second(x), module(x), rtol=1e-4, atol=1e-5)
     assert second.stats()["tasks_tuned"] == 0
     assert second.stats()["tasks_from_database"] == stats["tasks"]
+
+
+def test_tvm_refuses_out_of_range_ids():
+    # Relax's take(mode="fast") does not bounds-check: such ids would give NaN logits instead of an error.
+    tvm_backend = pytest.importorskip("tvm_backend")
+    from evaluation import UsageError
+    from evaluation.answering import make_batches
+    from transformers import BioGptConfig
+
+    config = BioGptConfig(vocab_size=100, max_position_embeddings=64)
+    ok = make_batches([[2, 5, 99]], 1, 1, left_pad=False, device=torch.device("cpu"))
+    tvm_backend.check_indices(ok, config)
+    with pytest.raises(UsageError, match="vocabulary"):
+        tvm_backend.check_indices(make_batches([[2, 100]], 1, 1, False, torch.device("cpu")), config)
+    with pytest.raises(UsageError, match="positions"):
+        tvm_backend.check_indices(make_batches([[2] * 65], 1, 1, False, torch.device("cpu")), config)
