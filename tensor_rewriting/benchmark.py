@@ -29,7 +29,8 @@ def run_one(backend: str, mode: str, out: Path, passthrough: list[str]) -> dict:
            "--output-dir", str(out / "runs"), "--run-name", name, *passthrough]
     print("+", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+    path = os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])  # this checkout's evaluation
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path})
     row = {"backend": backend, "mode": mode, "exit": proc.returncode, "wall_s": time.perf_counter() - t0}
     if proc.returncode != 0:
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]

@@ -81,8 +81,8 @@ def compile_forward(model, answer_ids, args, device):
 
 def main():
     args = make_parser().parse_args()
-    cfg = config_from_args(args, technique="tensor_rewriting", variant=f"{args.backend}-{args.mode}-{args.model_dtype}",
-                           dtype=args.model_dtype)
+    variant = f"{args.backend}-{args.mode}-{args.model_dtype}"
+    cfg = config_from_args(args, technique="tensor_rewriting", variant=variant, dtype=args.model_dtype)
     if cfg.decode != "score":
         raise UsageError("tensor_experiments compiles the score path; --decode generate is not supported")
     if args.tvm_trials < 1:
@@ -118,9 +118,9 @@ def main():
               "no speed reported", file=sys.stderr)
         sys.exit(1)
 
-    # The harness reads `extra` after its passes; compilations_after_warmup is filled in then.
+    # The harness merges `extra` into the results after its passes: recompilations_in_passes is final by then.
     extra = {"backend": args.backend, "mode": args.mode, "buckets": args.buckets, "compiled_shapes": shapes,
-             **{f"compile_{k}": v for k, v in stats.items()}, "eager_check": check}
+             **{f"compile_{k}": v for k, v in stats.items()}, "eager_check": check, "recompilations_in_passes": 0}
     forward.after_call = lambda: extra.update(recompilations_in_passes=compiled.stats()["compilations"]
                                               - stats["compilations"])
     evaluate_and_log(cfg, model, tokenizer, questions, run_dir, load_s=load_s, setup_s=setup_s, extra=extra,

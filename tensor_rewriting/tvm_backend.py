@@ -10,13 +10,16 @@ import subprocess
 import sys
 import time
 
-import cloudpickle
 import torch
 import tvm
 import tvm_ffi
 from tvm import relax
+from tvm.ir.utils import derived_object
 from tvm.relax.frontend.torch import from_exported_program
 from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.builder.local_builder import default_export
+from tvm.s_tir.meta_schedule.runner.local_runner import (LocalRunnerFuture, default_alloc_argument,
+                                                         default_run_evaluator)
 
 from evaluation import UsageError
 
@@ -107,14 +110,43 @@ def json_database_works() -> bool:
     return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
 
 
-def llvm_build(mod, target, _params):
-    """MetaSchedule's builder without its `import tvm.s_tir.tensor_intrin`: that import parses hundreds of
-    TVMScript intrinsics in every fresh builder process (30-100 s on a small busy CPU), so every candidate hit
-    the builder's 30 s timeout and tuning recorded nothing. LLVM schedules never tensorize with them."""
-    from tvm.driver import build as tvm_build
-    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+@derived_object
+class InProcessBuilder(ms.builder.PyBuilder):
+    """Builds candidates in this process. MetaSchedule's LocalBuilder starts worker processes, and each one
+    imports tvm and tvm.s_tir.tensor_intrin. That import parses hundreds of TVMScript intrinsics and took
+    30-100 s on this small, busy CPU, so every candidate hit the 30 s build timeout and tuning recorded nothing.
+    LLVM schedules never tensorize with those intrinsics."""
 
-    return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+    def build(self, build_inputs):
+        from tvm.driver import build as tvm_build
+        from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+        results = []
+        for b in build_inputs:
+            try:
+                lib = tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(b.mod), target=b.target)
+                results.append(ms.builder.BuilderResult(default_export(lib), None))
+            except Exception as e:  # a bad candidate is a failed trial, not a failed run
+                results.append(ms.builder.BuilderResult(None, f"{type(e).__name__}: {e}"))
+        return results
+
+
+@derived_object
+class InProcessRunner(ms.runner.PyRunner):
+    """Times candidates in this process with MetaSchedule's own evaluator (no worker process start-up)."""
+
+    def run(self, runner_inputs):
+        config = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
+        futures = []
+        for r in runner_inputs:
+            try:
+                device = tvm.runtime.device(r.device_type, 0)
+                args = default_alloc_argument(device, [a.as_json() for a in r.args_info], 1)
+                costs = default_run_evaluator(tvm.runtime.load_module(r.artifact_path), device, config, args)
+                futures.append(LocalRunnerFuture(costs, None))
+            except Exception as e:
+                futures.append(LocalRunnerFuture(None, f"{type(e).__name__}: {e}"))
+        return futures
 
 
 def has_record(database: ms.Database, task) -> bool:
@@ -141,14 +173,12 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, trials: int, work_dir: st
         search = "evolutionary" if trials >= 64 else "replay-trace"
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(todo, work_dir, strategy=search,
                                                                                   seed=0)
-        cpu = target.kind.name == "llvm"
-        cloudpickle.register_pickle_by_value(sys.modules[__name__])  # builder processes can't import this file
+        cpu = target.kind.name == "llvm"  # on a GPU box, MetaSchedule's own process-pool builder and runner
         ms.tune.tune_tasks(
             tasks=contexts, task_weights=weights, work_dir=work_dir, database=database,
             max_trials_global=trials, max_trials_per_task=max(1, trials // len(todo)),
             num_trials_per_iter=min(64, max(1, trials // len(todo))),
-            builder=ms.builder.LocalBuilder(f_build=llvm_build if cpu else None, timeout_sec=300, max_workers=1),
-            runner=ms.runner.LocalRunner(timeout_sec=120),
+            builder=InProcessBuilder() if cpu else "local", runner=InProcessRunner() if cpu else "local",
             cost_model="xgb" if search == "evolutionary" else "random")
     with target, database, tvm.transform.PassContext(opt_level=3):
         mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
