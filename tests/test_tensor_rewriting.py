@@ -49,14 +49,13 @@ def test_compiled_matches_eager_without_recompiling(base_args, backend):
 
 
 def test_eager_check_catches_wrong_logits():
-    from hot_path import eager_check
-    from evaluation.answering import make_batches
+    from evaluation.answering import answer_logits, make_batches
     from evaluation.modeling import random_model
+    from hot_path import eager_check
 
     model = random_model("tiny-random", 0, torch.float32, torch.device("cpu"))
     batches = make_batches([[2, 5, 9, 11], [2, 7]], 2, 1, left_pad=False, device=torch.device("cpu"))
     answer_ids = torch.tensor([10, 11, 12])
-    from evaluation.answering import answer_logits
     exact = eager_check(lambda m, b, a: answer_logits(m, b, a), model, batches, answer_ids, "float32")
     assert exact["passed"] and exact["max_abs_logit_diff"] == 0
     off = eager_check(lambda m, b, a: answer_logits(m, b, a) + 0.01, model, batches, answer_ids, "float32")
