@@ -118,13 +118,12 @@ class InProcessBuilder(ms.builder.PyBuilder):
     LLVM schedules never tensorize with those intrinsics."""
 
     def build(self, build_inputs):
-        from tvm.driver import build as tvm_build
         from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
         results = []
         for b in build_inputs:
             try:
-                lib = tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(b.mod), target=b.target)
+                lib = tvm.tirx.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(b.mod), target=b.target)
                 results.append(ms.builder.BuilderResult(default_export(lib), None))
             except Exception as e:  # a bad candidate is a failed trial, not a failed run
                 results.append(ms.builder.BuilderResult(None, f"{type(e).__name__}: {e}"))
