@@ -51,7 +51,8 @@ class StaticForward:
         args = [pad_rows(t, self.batch_size) for t in
                 (batch.input_ids, batch.attention_mask, batch.position_ids, batch.last_index)]
         with torch.inference_mode():
-            out = self.fn(*args)[:n]
+            # clone: CUDA-graph backends (cudagraphs, reduce-overhead) overwrite their output buffer next call
+            out = self.fn(*args)[:n].clone()
         if self.after_call is not None:
             self.after_call()
         return out
