@@ -1,0 +1,91 @@
+"""The hot function every backend compiles, the harness's batches for it, and the eager check against it."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from evaluation.answering import ANSWER_PREFIX, answer_logits, encode_prompt, make_batches
+from evaluation.modeling import model_device
+
+# Largest |logit difference| on the answer tokens we accept from compiled code, per dtype. Compilers reorder
+# reductions and fuse ops, so results differ by rounding: ~1e-6 relative in float32, a few ulps of 2^-8 (bf16)
+# or 2^-11 (fp16) per layer in half precision. The figure is absolute plus relative to the eager logits' scale.
+TOLERANCE = {"float32": (1e-4, 1e-4), "float16": (5e-3, 1e-2), "bfloat16": (1e-2, 5e-2)}  # (atol, rtol)
+
+DEFAULT_BUCKETS = [128, 256, 384, 512, 640, 768, 1024, 1536, 2048]
+
+
+class AnswerLogits(torch.nn.Module):
+    """What gets compiled: [B, T] prompt tensors -> [B, 3] yes/no/maybe logits at each row's last real token.
+
+    The same computation as evaluation.answering.answer_logits, as a module of tensors only (torch.export
+    and torch.compile both want that), without the KV cache the decoder would otherwise build."""
+
+    def __init__(self, model, answer_ids: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.answer_ids = answer_ids.tolist()  # python ints: constant indices in the traced graph
+
+    def forward(self, input_ids, attention_mask, position_ids, last_index):
+        hidden = self.model.biogpt(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   use_cache=False).last_hidden_state
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
+        return self.model.output_projection(last)[:, self.answer_ids].float()
+
+
+def pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """Repeat the last row up to `rows` rows, so a short final batch reuses the full-batch compiled code."""
+    return torch.cat([t, t[-1:].expand(rows - len(t), *t.shape[1:])]) if len(t) < rows else t
+
+
+class StaticForward:
+    """The harness's forward(model, batch, answer_ids) over a compiled fn of static [batch_size, bucket] shapes."""
+
+    def __init__(self, fn, batch_size: int):
+        self.fn, self.batch_size = fn, batch_size
+        self.after_call = None  # e.g. a hook that records recompilations while the harness runs its passes
+
+    def __call__(self, model, batch, answer_ids):
+        n = len(batch.indices)
+        args = [pad_rows(t, self.batch_size) for t in
+                (batch.input_ids, batch.attention_mask, batch.position_ids, batch.last_index)]
+        with torch.inference_mode():
+            # clone: CUDA-graph backends (cudagraphs, reduce-overhead) overwrite their output buffer next call
+            out = self.fn(*args)[:n].clone()
+        if self.after_call is not None:
+            self.after_call()
+        return out
+
+
+def score_batches(model, tokenizer, questions, batch_size: int, buckets: list[int]):
+    """Exactly the batches evaluation.harness builds for score decoding with these buckets."""
+    max_len = model.config.max_position_embeddings
+    ids = [encode_prompt(tokenizer, q, ANSWER_PREFIX, max_len)[0] for q in questions]
+    return make_batches(ids, batch_size, tokenizer.pad_token_id, left_pad=False, device=model_device(model),
+                        buckets=buckets)
+
+
+def warm_up(forward: StaticForward, model, batches, answer_ids) -> list[tuple[int, int]]:
+    """Run one batch of each distinct shape, so every compilation happens here (setup), not in timed passes."""
+    shapes = {}
+    for b in batches:
+        shapes.setdefault(b.input_ids.shape[1], b)
+    for b in shapes.values():
+        forward(model, b, answer_ids)
+    return [(forward.batch_size, width) for width in sorted(shapes)]
+
+
+def eager_check(forward, model, batches, answer_ids, dtype: str) -> dict:
+    """Compiled vs plain-PyTorch logits on the same padded batches: max |diff|, agreement, pass/fail."""
+    got = torch.cat([forward(model, b, answer_ids).float().cpu() for b in batches])
+    want = torch.cat([answer_logits(model, b, answer_ids).float().cpu() for b in batches])
+    atol, rtol = TOLERANCE[dtype]
+    scale = want.abs().max().item()
+    tolerance = atol + rtol * scale
+    diff = (got - want).abs().max().item()
+    finite = bool(torch.isfinite(got).all())
+    return {"check_questions": len(want), "max_abs_logit_diff": diff if finite else math.inf,
+            "eager_logit_scale": scale, "tolerance": tolerance,
+            "agreement_pct": 100.0 * (got.argmax(1) == want.argmax(1)).float().mean().item(),
+            "passed": finite and diff <= tolerance}

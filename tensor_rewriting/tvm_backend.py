@@ -1,0 +1,226 @@
+"""Apache TVM Relax: torch.export -> Relax -> (MetaSchedule tuning) -> LLVM (CPU) or CUDA, one build per shape.
+
+The torch.export route, not TVM's dynamo backend: with TVM 0.27 the dynamo route fails on BioGPT's embedding op.
+Weights stay Relax function inputs and are handed over from PyTorch by DLPack (no copy of a 6 GB model)."""
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import time
+
+import torch
+import tvm
+import tvm_ffi
+from tvm import relax
+from tvm.ir.utils import derived_object
+from tvm.relax.frontend.torch import from_exported_program
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.builder.local_builder import default_export
+from tvm.s_tir.meta_schedule.runner.local_runner import (LocalRunnerFuture, default_alloc_argument,
+                                                         default_run_evaluator)
+
+from evaluation import UsageError
+
+JSON_DATABASE_BROKEN = (f"MetaSchedule cannot write its tuning database here: tvm.ir.save_json segfaults with "
+                        f"apache-tvm-ffi {tvm_ffi.__version__} under apache-tvm {tvm.__version__}; "
+                        "pip install apache-tvm-ffi==0.1.14.post0 (the version TVM 0.27 works with) for --mode ansor")
+
+
+def tvm_target(device: torch.device) -> tvm.target.Target:
+    if device.type == "cuda":
+        return tvm.target.Target.from_device(tvm.cuda(device.index or 0))
+    # The host CPU by name: plain "llvm" means generic x86-64 (no AVX), far from what the CPU can do.
+    return tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
+                              "num-cores": os.cpu_count()})
+
+
+# TVM 0.27's PyTorch frontend gives every matmul (mm, bmm, matmul, addmm) a float32 result, whatever the input
+# dtype: in a float16/bfloat16 model the next op then mixes float32 with half tensors, a Relax type error (and
+# float32 activations leaking into a half-precision graph). PyTorch accumulates in float32 and rounds the result
+# once to the input dtype; these converters do the same, so the Relax graph keeps the model's dtype.
+def matmul_rounded_once(node, importer):
+    x, y = (importer.env[a] for a in node.args[:2])
+    emit = importer.block_builder.emit
+    out = emit(relax.op.matmul(x, y, out_dtype="float32"))
+    return emit(relax.op.astype(out, x.ty.dtype)) if x.ty.dtype != "float32" else out
+
+
+def addmm_rounded_once(node, importer):
+    """addmm (nn.Linear): float32 accumulation and bias add, then one rounding to the input dtype."""
+    if node.kwargs.get("alpha", 1) != 1 or node.kwargs.get("beta", 1) != 1:
+        return importer._addmm(node)
+    bias, x, weight = (importer.env[a] for a in node.args[:3])
+    emit = importer.block_builder.emit
+    out = emit(relax.op.matmul(x, weight, out_dtype="float32"))
+    out = emit(relax.op.add(out, emit(relax.op.astype(bias, "float32"))))
+    return emit(relax.op.astype(out, x.ty.dtype)) if x.ty.dtype != "float32" else out
+
+
+def layer_norm_in_float32(node, importer):
+    """bfloat16 layer norm computed in float32 (Relax's layer_norm takes float32/float16 only), as PyTorch does."""
+    x = importer.env[node.args[0]]
+    if x.ty.dtype != "bfloat16" or len(node.args) < 4:
+        return (importer._native_layer_norm if "native" in str(node.target) else importer._layer_norm)(node)
+    emit = importer.block_builder.emit
+    gamma, beta = (emit(relax.op.astype(importer.env[a], "float32")) for a in node.args[2:4])
+    eps = node.args[4] if len(node.args) > 4 else 1e-5
+    axes = list(range(-len(node.args[1]), 0))
+    out = emit(relax.op.nn.layer_norm(emit(relax.op.astype(x, "float32")), gamma, beta, axes, eps))
+    return emit(relax.op.astype(out, "bfloat16"))
+
+
+CONVERTERS = {"layer_norm.default": layer_norm_in_float32, "native_layer_norm.default": layer_norm_in_float32,
+              "addmm.default": addmm_rounded_once, "mm.default": matmul_rounded_once,
+              "bmm.default": matmul_rounded_once, "matmul.default": matmul_rounded_once}
+
+
+def export_relax(module: torch.nn.Module, example: tuple) -> tuple[tvm.IRModule, list[torch.Tensor]]:
+    """(Relax module whose main takes the inputs then the weights, the weights in that order)."""
+    with torch.no_grad():
+        program = torch.export.export(module, example)
+    mod = from_exported_program(program, keep_params_as_input=True,
+                                custom_convert_map=CONVERTERS)
+    mod, _ = relax.frontend.detach_params(mod)
+    # Bind by name, not by position: the Relax inputs follow the graph signature's placeholders.
+    by_name = {spec.arg.name: program.state_dict[spec.target] for spec in program.graph_signature.input_specs
+               if spec.kind == torch.export.graph_signature.InputKind.PARAMETER}
+    names = [v.name for v in mod["main"].params[len(example):]]
+    return mod, [by_name[n] for n in names]
+
+
+def check_indices(batches, config):
+    """Relax lowers embedding and gather to take(mode="fast"), which does not bounds-check: an out-of-range token
+    id gives a NaN logits row, an out-of-range position or last index silent garbage, where PyTorch would raise
+    (how a first BioGPT build could return NaN). Refuse such batches before they reach compiled code."""
+    for b in batches:
+        if int(b.input_ids.min()) < 0 or int(b.input_ids.max()) >= config.vocab_size:
+            raise UsageError(f"token ids outside the model's vocabulary of {config.vocab_size}: wrong tokenizer?")
+        if int(b.position_ids.max()) >= config.max_position_embeddings:
+            raise UsageError(f"positions beyond the model's {config.max_position_embeddings}: lower the buckets")
+        if int(b.last_index.max()) >= b.input_ids.shape[1]:
+            raise UsageError("last-token index outside its batch")
+
+
+@functools.cache
+def json_database_works() -> bool:
+    """Serialise one TIR node in a child process: a mismatched tvm-ffi build segfaults in ToJSONGraph."""
+    probe = "import tvm; tvm.ir.save_json(tvm.tirx.IntImm('int32', 1))"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+
+
+@derived_object
+class InProcessBuilder(ms.builder.PyBuilder):
+    """Builds candidates in this process. MetaSchedule's LocalBuilder starts worker processes, and each one
+    imports tvm and tvm.s_tir.tensor_intrin. That import parses hundreds of TVMScript intrinsics and took
+    30-100 s on this small, busy CPU, so every candidate hit the 30 s build timeout and tuning recorded nothing.
+    LLVM schedules never tensorize with those intrinsics."""
+
+    def build(self, build_inputs):
+        from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+        results = []
+        for b in build_inputs:
+            try:
+                lib = tvm.tirx.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(b.mod), target=b.target)
+                results.append(ms.builder.BuilderResult(default_export(lib), None))
+            except Exception as e:  # a bad candidate is a failed trial, not a failed run
+                results.append(ms.builder.BuilderResult(None, f"{type(e).__name__}: {e}"))
+        return results
+
+
+@derived_object
+class InProcessRunner(ms.runner.PyRunner):
+    """Times candidates in this process with MetaSchedule's own evaluator (no worker process start-up)."""
+
+    def run(self, runner_inputs):
+        config = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
+        futures = []
+        for r in runner_inputs:
+            try:
+                device = tvm.runtime.device(r.device_type, 0)
+                args = default_alloc_argument(device, [a.as_json() for a in r.args_info], 1)
+                costs = default_run_evaluator(tvm.runtime.load_module(r.artifact_path), device, config, args)
+                futures.append(LocalRunnerFuture(costs, None))
+            except Exception as e:
+                futures.append(LocalRunnerFuture(None, f"{type(e).__name__}: {e}"))
+        return futures
+
+
+def has_record(database: ms.Database, task) -> bool:
+    """A measured record, not only failed candidates (those are stored with a 1e10 s run time)."""
+    if not database.has_workload(task.dispatched[0]):
+        return False
+    best = database.get_top_k(database.commit_workload(task.dispatched[0]), 1)
+    return bool(best) and bool(best[0].run_secs) and float(best[0].run_secs[0]) < 1e9
+
+
+def tune(mod: tvm.IRModule, target: tvm.target.Target, trials: int, work_dir: str, ops: list[str] | None):
+    """MetaSchedule over the fused kernels (those named like `ops`, all when None) that work_dir's database
+    has no record for; then every kernel the database knows is applied. (module, task counts)."""
+    with target:
+        mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
+                                        relax.transform.CanonicalizeBindings(),
+                                        relax.get_pipeline("zero")])(mod)  # legalize + fuse: the tasks
+    tasks = [t for t in ms.relax_integration.extract_tasks(mod, target)
+             if ops is None or any(op in t.task_name for op in ops)]
+    database = ms.database.JSONDatabase(work_dir=work_dir)
+    todo = [t for t in tasks if not has_record(database, t)]
+    if todo:
+        # A budget too small to fit a cost model on: replay random schedules rather than evolve a population.
+        search = "evolutionary" if trials >= 64 else "replay-trace"
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(todo, work_dir, strategy=search,
+                                                                                  seed=0)
+        cpu = target.kind.name == "llvm"  # on a GPU box, MetaSchedule's own process-pool builder and runner
+        ms.tune.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=work_dir, database=database,
+            max_trials_global=trials, max_trials_per_task=max(1, trials // len(todo)),
+            num_trials_per_iter=min(64, max(1, trials // len(todo))),
+            builder=InProcessBuilder() if cpu else "local", runner=InProcessRunner() if cpu else "local",
+            cost_model="xgb" if search == "evolutionary" else "random")
+    with target, database, tvm.transform.PassContext(opt_level=3):
+        mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+    return mod, {"tasks": len(tasks), "tasks_tuned": len(todo), "tasks_from_database": len(tasks) - len(todo)}
+
+
+class TVMCompiler:
+    """Callable over the 4 prompt tensors; builds (and tunes) once per input shape, then reuses the build."""
+
+    def __init__(self, module: torch.nn.Module, mode: str, device: torch.device, trials: int, work_dir: str,
+                 tune_ops: list[str] | None = None):
+        self.module, self.tune, self.tune_ops = module, mode in ("ansor", "meta-schedule"), tune_ops
+        if self.tune and not json_database_works():
+            raise UsageError(JSON_DATABASE_BROKEN)
+        self.target, self.trials, self.work_dir = tvm_target(device), trials, work_dir
+        self.dev = tvm.cuda(device.index or 0) if device.type == "cuda" else tvm.cpu(0)
+        self.builds, self.times = {}, {"export_s": 0.0, "tune_s": 0.0, "build_s": 0.0}
+        self.tuning = {"tasks": 0, "tasks_tuned": 0, "tasks_from_database": 0}
+
+    def build(self, tensors: tuple):
+        t0 = time.perf_counter()
+        with torch.inference_mode(False):  # torch.export traces with ordinary (not inference) tensors
+            mod, weights = export_relax(self.module, tuple(t.clone() for t in tensors))
+        t1 = time.perf_counter()
+        if self.tune:
+            os.makedirs(self.work_dir, exist_ok=True)
+            mod, counts = tune(mod, self.target, self.trials, self.work_dir, self.tune_ops)
+            self.tuning = {k: self.tuning[k] + v for k, v in counts.items()}
+        t2 = time.perf_counter()
+        vm = relax.VirtualMachine(tvm.compile(mod, target=self.target), self.dev)
+        self.times = {k: self.times[k] + v for k, v in
+                      (("export_s", t1 - t0), ("tune_s", t2 - t1), ("build_s", time.perf_counter() - t2))}
+        return vm["main"], [tvm.runtime.from_dlpack(w.detach().contiguous()) for w in weights]
+
+    def __call__(self, *tensors):
+        key = tuple((tuple(t.shape), t.dtype) for t in tensors)
+        if key not in self.builds:
+            self.builds[key] = self.build(tensors)
+        main, weights = self.builds[key]
+        out = main(*[tvm.runtime.from_dlpack(t.contiguous()) for t in tensors], *weights)
+        return torch.from_dlpack(out if isinstance(out, tvm.runtime.Tensor) else out[0])
+
+    def stats(self) -> dict:
+        return {"compilations": len(self.builds), **self.times,
+                **({"tuning_trials": self.trials, "tuning_work_dir": self.work_dir, **self.tuning}
+                   if self.tune else {})}
