@@ -68,15 +68,14 @@ def load_module(path: Path, name: str):
 
 
 def check_sweep(sweep_file: Path) -> tuple[int, list[str]]:
-    """(combinations checked, problems). Skips (pytest) when the sweep's script is not in the tree."""
+    """(combinations checked, problems). A sweep whose script is missing is a broken sweep."""
     sweep = yaml.safe_load(sweep_file.read_text())
     command = [str(c) for c in sweep["command"]]
     assert sweep.get("method") == "grid", "grid sweeps only: every combination must be enumerable"
     assert "${program}" in command and "${args}" in command and "${interpreter}" in command, command
     uses_expander = "sweeps/run_variant.py" in command
     program = ROOT / sweep["program"]
-    if not program.is_file():
-        pytest.skip(f"{sweep_file.name}: {sweep['program']} is not in this tree yet")
+    assert program.is_file(), f"{sweep_file.name}: {sweep['program']} does not exist"
     module = load_module(program, f"sweep_check_{program.stem}")
     assert hasattr(module, "make_parser"), f"{sweep['program']} defines no make_parser()"
     expand = load_module(ROOT / "sweeps" / "run_variant.py", "run_variant").expand
