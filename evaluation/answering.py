@@ -1,6 +1,7 @@
 """The fast path: BioGPT's PubMedQA prompt, length-sorted batches, score and greedy-generate decoding."""
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ def target_text(label: str) -> str:
     return f"{ANSWER_PREFIX} {label}."
 
 
+@functools.lru_cache(maxsize=8)  # asked once per prompt: probe each tokenizer once
 def learned_prompt_ids(tokenizer) -> list[int]:
     """BioGPT-Large's 9 soft-prompt tokens, when the tokenizer holds each as one whole token."""
     ids = [tokenizer.encode(t, add_special_tokens=False) for t in LEARNED_PROMPT]
