@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's module
 
 import sparsify  # noqa: E402
 from evaluation import (UsageError, build_parser, config_from_args, evaluate_and_log, load_model,  # noqa: E402
-                        load_test_questions, load_train_questions, prepare, run_main)
+                        load_finetuning_data, prepare, run_main)
 from evaluation.finetune import finetune  # noqa: E402
 
 STRATEGIES = ["unstructured", "structured", "block", "2:4"]
@@ -77,8 +77,7 @@ def prune_model(model, opts) -> dict:
 
 def recover(cfg, model, tokenizer) -> dict:
     """Recovery fine-tuning on the train/dev half; the shared loop refuses any test PMID."""
-    train = load_train_questions(cfg.data_dir)
-    test_pmids = {q.pmid for q in load_test_questions(cfg.data_dir)}
+    train, test_pmids = load_finetuning_data(cfg.data_dir)  # all 500 test PMIDs, not just the --limit ones
     t0 = time.perf_counter()
     dtype, on_gpu = next(model.parameters()).dtype, next(model.parameters()).is_cuda
     model.float()  # fp32 master weights: a bf16/fp16 weight cannot hold 1e-5-sized updates

@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's evaluation/ and quantization/
 
-from evaluation import (UsageError, build_parser, config_from_args, evaluate_and_log, load_model, load_test_questions,
-                        load_train_questions, prepare, resolve_device, run_main, weight_bytes)
+from evaluation import (UsageError, build_parser, config_from_args, evaluate_and_log, load_model, load_finetuning_data,
+                        prepare, resolve_device, run_main, weight_bytes)
 from evaluation.config import positive_int
 from evaluation.finetune import finetune
 from quantization.int8_layers import is_decoder_linear, kernel_path
@@ -122,8 +122,7 @@ def main():
     variant = f"qat-da8w{args.weights[3:]}" + ("-g%d" % args.group_size if args.weights == "int4" else "")
     cfg = config_from_args(args, technique="quantization", variant=variant + ("-noconvert" if args.no_convert else ""))
     questions, run_dir = prepare(cfg)
-    train = load_train_questions(cfg.data_dir)
-    test_pmids = {q.pmid for q in load_test_questions(cfg.data_dir)}  # all 500, not just the --limit ones
+    train, test_pmids = load_finetuning_data(cfg.data_dir)  # all 500 test PMIDs, not just the --limit ones
     if cfg.model == "biogpt-large-random":
         print("note: biogpt-large-random has random weights: QAT here is only a speed/memory exercise, "
               "its accuracy means nothing")

@@ -3,7 +3,8 @@ import json
 import pytest
 from conftest import make_synthetic_pubmedqa, needs_shared, SHARED_PUBMEDQA, SHARED_TOKENIZER
 
-from evaluation import UsageError, load_test_questions, load_train_questions, load_tokenizer
+from evaluation import (UsageError, load_finetuning_data, load_test_questions, load_tokenizer,
+                        load_train_questions)
 from evaluation.answering import (ANSWER_PREFIX, answer_token_ids, encode_prompt, parse_answer, prompt_form,
                                   source_text)
 from evaluation.data import load_splits
@@ -41,6 +42,8 @@ def test_context_joined_and_whitespace_collapsed(tmp_path):
 def test_train_half_never_holds_test_pmids(data_dir):
     test_ids = {q.pmid for q in load_test_questions(data_dir)}
     assert not test_ids & {q.pmid for q in load_train_questions(data_dir)}
+    train, test_pmids = load_finetuning_data(data_dir)
+    assert test_pmids == test_ids and train == load_train_questions(data_dir)
 
 
 @pytest.mark.parametrize("breakage, message", [
