@@ -83,12 +83,13 @@ def load_tokenizer(model_name: str, tokenizer_dir: str | None):
                          f"(offline?): {str(e).splitlines()[0]}")
 
 
-def random_model(preset: str, seed: int, dtype: torch.dtype, device: torch.device):
-    """Seeded random weights of the preset's architecture, created directly on `device`."""
+def random_model(preset: str, seed: int, dtype: torch.dtype, device: torch.device, **overrides):
+    """Seeded random weights of the preset's architecture (`overrides`: config fields changed, e.g. a cut
+    num_hidden_layers for per-layer profiling), created directly on `device`."""
     from transformers import BioGptConfig, BioGptForCausalLM
 
     # bench_weights travels in config.json, so a saved and reloaded preset stays marked as random
-    config = BioGptConfig(**PRESETS[preset], torch_dtype=dtype, bench_weights="random")
+    config = BioGptConfig(**{**PRESETS[preset], **overrides}, torch_dtype=dtype, bench_weights="random")
     config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     with torch.device(device):
