@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import torch
+from tqdm.auto import tqdm
 
 from evaluation.answering import ANSWER_PREFIX, answer_logits, encode_prompt, make_batches
 from evaluation.modeling import model_device
@@ -71,14 +72,16 @@ def warm_up(forward: StaticForward, model, batches, answer_ids) -> list[tuple[in
     shapes = {}
     for b in batches:
         shapes.setdefault(b.input_ids.shape[1], b)
-    for b in shapes.values():
+    # a bar: untuned TVM on a CPU can spend many minutes on one large shape
+    for b in tqdm(shapes.values(), desc="compile + warm-up", unit="shape"):
         forward(model, b, answer_ids)
     return [(forward.batch_size, width) for width in sorted(shapes)]
 
 
 def eager_check(forward, model, batches, answer_ids, dtype: str) -> dict:
     """Compiled vs plain-PyTorch logits on the same padded batches: max |diff|, agreement, pass/fail."""
-    got = torch.cat([forward(model, b, answer_ids).float().cpu() for b in batches])
+    got = torch.cat([forward(model, b, answer_ids).float().cpu()
+                     for b in tqdm(batches, desc="eager check: compiled", unit="batch")])
     want = torch.cat([answer_logits(model, b, answer_ids).float().cpu() for b in batches])
     atol, rtol = TOLERANCE[dtype]
     scale = want.abs().max().item()
