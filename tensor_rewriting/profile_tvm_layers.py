@@ -83,17 +83,19 @@ def main():
     projected = {}
     for backend in ("eager", "tvm"):
         one, two = cuts[0][f"{backend}_s"], cuts[1][f"{backend}_s"]
-        projected[backend] = {"per_layer_s": two - one, "outside_layers_s": 2 * one - two,
-                              f"full_{depth}_layers_s": (2 * one - two) + depth * (two - one)}
-    ratio = projected["tvm"][f"full_{depth}_layers_s"] / projected["eager"][f"full_{depth}_layers_s"]
+        outside, per_layer = 2 * one - two, two - one
+        projected[backend] = {"per_layer_s": per_layer, "outside_layers_s": outside,
+                              "full_depth_s": outside + depth * per_layer}
+    ratio = projected["tvm"]["full_depth_s"] / projected["eager"]["full_depth_s"]
     print(f"projected full {cfg.model} ({depth} layers), batch {cuts[0]['shape']}: eager "
-          f"{projected['eager'][f'full_{depth}_layers_s']:.1f} s, tvm default "
-          f"{projected['tvm'][f'full_{depth}_layers_s']:.1f} s per call ({ratio:.0f}x eager)")
+          f"{projected['eager']['full_depth_s']:.1f} s, tvm default {projected['tvm']['full_depth_s']:.1f} s "
+          f"per call ({ratio:.0f}x eager)")
     if args.out:
+        report = {"model": cfg.model, "weights": "random", "layers": depth, "threads": torch.get_num_threads(),
+                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cuts": cuts,
+                  "projected": projected, "tvm_over_eager": ratio}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"model": cfg.model, "weights": "random", "threads": torch.get_num_threads(),
-                                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                                    "cuts": cuts, "projected": projected, "tvm_over_eager": ratio}, indent=2) + "\n")
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.out}")
 
 

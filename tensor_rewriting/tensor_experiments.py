@@ -43,8 +43,8 @@ def make_parser():
                         "capture only, the control); tvm: torch.export -> TVM Relax -> LLVM (CPU) or CUDA")
     g.add_argument("--mode", choices=sorted({m for ms in MODES.values() for m in ms}), default="default",
                    help="inductor: default|reduce-overhead|max-autotune; tvm: default (Relax pipeline, dlight on "
-                        "GPU; on a CPU unscheduled single-threaded loops, ~34 min per 384-token BioGPT-Large "
-                        "question) | ansor = meta-schedule (MetaSchedule auto-tuning); other backends: default")
+                        "GPU; on a CPU unscheduled single-threaded loops: 34 min for one 384-token BioGPT-Large "
+                        "question on one Xeon core, see tensor_rewriting/README.md) | ansor = meta-schedule (MetaSchedule auto-tuning); other backends: default")
     # dest differs from RunConfig.dtype, which config_from_args sets from its own argument
     g.add_argument("--dtype", dest="model_dtype", choices=list(DTYPES), default="float32",
                    help="model weights and activations")

@@ -116,7 +116,7 @@ def test_tvm_layer_profile_projects_from_two_cuts(base_args, tmp_path):
         one, two = (c[f"{backend}_s"] for c in r["cuts"])
         p = r["projected"][backend]
         assert p["per_layer_s"] == pytest.approx(two - one)
-        assert p["full_2_layers_s"] == pytest.approx(two)  # tiny-random has 2 layers: the 2-layer cut itself
+        assert r["layers"] == 2 and p["full_depth_s"] == pytest.approx(two)  # tiny-random: the 2-layer cut itself
 
     not_a_preset = run_script([a if a != "tiny-random" else "microsoft/BioGPT-Large-PubMedQA" for a in base_args],
                               script=profile)
