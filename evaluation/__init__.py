@@ -1,9 +1,12 @@
 """Shared PubMedQA evaluation harness for the BioGPT-Large optimization scripts."""
-from .config import RunConfig, UsageError, build_parser, config_from_args, run_main
+from .config import Options, RunConfig, UsageError, option, parse_config, run_main
 from .data import LABELS, Question, load_finetuning_data, load_test_questions, load_train_questions
-from .harness import evaluate, evaluate_and_log, prepare
-from .modeling import PRESETS, load_model, load_tokenizer, parameter_count, resolve_device, weight_bytes
+from .harness import evaluate
+from .modeling import (PRESETS, decoder_linears, footprint_bytes, linear_conversion, load_model, load_tokenizer,
+                       parameter_count, require_all_converted, resolve_device)
+from .runner import Applied, main, run
 
-__all__ = ["LABELS", "PRESETS", "Question", "RunConfig", "UsageError", "build_parser", "config_from_args",
-           "evaluate", "evaluate_and_log", "load_finetuning_data", "load_model", "load_test_questions", "load_tokenizer",
-           "load_train_questions", "parameter_count", "prepare", "resolve_device", "run_main", "weight_bytes"]
+__all__ = ["LABELS", "PRESETS", "Applied", "Options", "Question", "RunConfig", "UsageError", "decoder_linears",
+           "evaluate", "footprint_bytes", "linear_conversion", "load_finetuning_data", "load_model",
+           "load_test_questions", "load_tokenizer", "load_train_questions", "main", "option", "parameter_count",
+           "parse_config", "require_all_converted", "resolve_device", "run", "run_main"]

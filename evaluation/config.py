@@ -1,4 +1,9 @@
-"""The run config: what argparse fills, what wandb logs and what results.json records."""
+"""Run options as dataclasses: argparse is built from them, wandb logs them and results.json records them.
+
+`RunConfig` holds the options every script shares plus the technique's own options (a dataclass per technique,
+one flag per field). It is frozen: values resolved while running (device, weights kind, prompt form, run name)
+are recorded beside it in the results, never patched into it.
+"""
 from __future__ import annotations
 
 import argparse
@@ -16,103 +21,145 @@ class UsageError(Exception):
     """Bad input from the user: reported as one line, exit code 2."""
 
 
-@dataclass
+def option(default=None, help: str = "", *, factory=None, **argparse_kwargs):
+    """A dataclass field that is also one command-line flag: `help` and argparse extras (choices, flag, type)."""
+    metadata = {"help": help, **argparse_kwargs}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class Options:
+    """A technique's own options. Subclasses add fields (each is a flag), validate them in __post_init__ and say
+    which variant and dtype they run; this base class is the baseline: float32, eager, nothing applied."""
+
+    @property
+    def variant(self) -> str:
+        return "fp32-eager"
+
+    @property
+    def dtype(self) -> str:
+        return "float32"
+
+    def check_device(self, device) -> None:
+        """Refuse, before any loading, what this device cannot run (raise UsageError)."""
+
+
+def _env(name: str):
+    return lambda: os.environ.get(name)
+
+
+@dataclass(frozen=True)
 class RunConfig:
-    technique: str = "baseline"
-    variant: str = "fp32-eager"
-    model: str = DEFAULT_MODEL
-    tokenizer_dir: str | None = None
-    data_dir: str | None = None
-    limit: int | None = None
-    batch_size: int = 16
-    decode: str = "score"
-    max_new_tokens: int = 16
-    device: str = "auto"
-    dtype: str = "float32"
-    seed: int = 0
-    output_dir: str = "results"
-    run_name: str | None = None
-    reference: str | None = None
-    min_duration: float | None = None
-    min_passes: int = 1
-    wandb: str = "auto"
-    wandb_project: str = "biogpt-pubmedqa"
-    # Filled while running, recorded with the config.
-    weights: str = "real"
-    prompt_form: str | None = None
-    command: str = field(default_factory=lambda: " ".join([os.path.basename(sys.executable)] + sys.argv))
-    # The technique's own options (e.g. precision, sparsity), one flat dict.
-    options: dict = field(default_factory=dict)
+    model: str = option(DEFAULT_MODEL, "Hub id, local model directory, or a random-weight preset "
+                                       "(tiny-random, biogpt-base-random, biogpt-large-random).")
+    tokenizer_dir: str | None = option(
+        factory=_env(TOKENIZER_DIR_ENV),
+        help=f"Directory with a fairseq dict.txt and bpecodes to build the tokenizer from (env {TOKENIZER_DIR_ENV}); "
+             "by default the model's own tokenizer.")
+    data_dir: str | None = option(
+        factory=_env(DATA_DIR_ENV),
+        help=f"PubMedQA directory with ori_pqal.json and test_ground_truth.json (env {DATA_DIR_ENV}); "
+             "by default the Hugging Face Hub (bigbio/pubmed_qa).")
+    limit: int | None = option(None, "Evaluate only the first N test PMIDs in ascending numeric order.")
+    batch_size: int = option(16, "Questions per forward pass.")
+    decode: str = option("score", "score: argmax over the yes/no/maybe next-token logits; generate: greedy "
+                                  "decoding and answer parsing (the paper's protocol).", choices=["score", "generate"])
+    max_new_tokens: int = option(16, "Generate mode: the most tokens decoded per question.")
+    device: str = option("auto", "auto picks CUDA when it is present.", choices=["auto", "cuda", "cpu"])
+    seed: int = option(0, "Seed for random-weight presets and training.")
+    output_dir: str = option("results", "Results go to OUTPUT_DIR/RUN_NAME/.")
+    run_name: str | None = option(None, "The run directory's name; by default technique-variant-model-timestamp.")
+    overwrite: bool = option(False, "Replace an existing run directory of the same name (refused otherwise).")
+    reference: str | None = option(None, "An earlier run directory (or its results.json) to compare predictions "
+                                         "and logits with.")
+    min_duration: float | None = option(None, "The timed phase lasts at least this many seconds (by default 10 "
+                                              "on CUDA, 0 on a CPU).")
+    min_passes: int = option(1, "The timed phase runs at least this many passes over the questions.")
+    wandb: str = option("auto", "auto logs online when an API key or login exists, otherwise offline.",
+                        choices=["auto", "online", "offline", "disabled"])
+    wandb_project: str = option("biogpt-pubmedqa", "The wandb project name.")
+    # Not flags: set once by the script that builds the config.
+    technique: str = field(default="baseline", metadata={"flag": None})
+    options: Options = field(default_factory=Options, metadata={"flag": None})
+    command: str = field(default_factory=lambda: " ".join([os.path.basename(sys.executable)] + sys.argv),
+                         metadata={"flag": None})
 
     def __post_init__(self):
-        if self.limit is not None and self.limit <= 0:
-            raise UsageError(f"--limit must be a positive integer, got {self.limit}")
-        if self.batch_size <= 0:
-            raise UsageError(f"--batch-size must be a positive integer, got {self.batch_size}")
-        if self.max_new_tokens <= 0:
-            raise UsageError(f"--max-new-tokens must be a positive integer, got {self.max_new_tokens}")
-        if self.min_passes <= 0:
-            raise UsageError(f"--min-passes must be a positive integer, got {self.min_passes}")
+        for name in ("limit", "batch_size", "max_new_tokens", "min_passes"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
         if self.min_duration is not None and self.min_duration < 0:
             raise UsageError(f"--min-duration must be >= 0, got {self.min_duration}")
 
+    @property
+    def variant(self) -> str:
+        return self.options.variant
+
+    @property
+    def dtype(self) -> str:
+        return self.options.dtype
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """What results.json and wandb record: every option, the technique's own ones under `options`."""
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        return {**shared, "variant": self.variant, "dtype": self.dtype, "options": dataclasses.asdict(self.options)}
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def _flag_type(f: dataclasses.Field):
+    """The argparse type of a field: int or float from its annotation (`int`, `int | None`, or those as strings
+    under `from __future__ import annotations`); None for strings."""
+    kind = f.type
+    if isinstance(kind, str):
+        return {"int": int, "float": float}.get(kind.split("|")[0].strip())
+    kind = (getattr(kind, "__args__", None) or (kind,))[0]
+    return kind if kind in (int, float) else None
 
 
-def build_parser(description: str) -> argparse.ArgumentParser:
-    """The options every script shares; a technique script adds only its own."""
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("shared evaluation options")
-    g.add_argument("--model", default=DEFAULT_MODEL,
-                   help="hub id, local model directory, or preset: tiny-random | biogpt-large-random")
-    g.add_argument("--tokenizer-dir", default=os.environ.get(TOKENIZER_DIR_ENV),
-                   help=f"directory holding a fairseq dict.txt + bpecodes to build the tokenizer from "
-                        f"(env {TOKENIZER_DIR_ENV}); default: the model's own tokenizer")
-    g.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV),
-                   help=f"PubMedQA directory with ori_pqal.json + test_ground_truth.json (env {DATA_DIR_ENV}); "
-                        "default: the Hugging Face Hub (bigbio/pubmed_qa)")
-    g.add_argument("--limit", type=positive_int, default=None,
-                   help="evaluate only the first N test PMIDs in ascending numeric order")
-    g.add_argument("--batch-size", type=positive_int, default=16, help="questions per forward pass")
-    g.add_argument("--decode", choices=["score", "generate"], default="score",
-                   help="score: argmax over yes/no/maybe next-token logits; generate: greedy decoding + answer parsing")
-    g.add_argument("--max-new-tokens", type=positive_int, default=16, help="generate mode: tokens to decode at most")
-    g.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="auto: CUDA when present")
-    g.add_argument("--seed", type=int, default=0, help="seed for random-weight presets and training")
-    g.add_argument("--output-dir", default="results", help="results go to OUTPUT_DIR/RUN_NAME/")
-    g.add_argument("--run-name", default=None, help="default: technique-variant-model-timestamp")
-    g.add_argument("--reference", default=None,
-                   help="an earlier run directory (or its results.json) to compare predictions with")
-    g.add_argument("--min-duration", type=float, default=None,
-                   help="timed phase lasts at least this many seconds (default: 10 on CUDA, 0 on CPU)")
-    g.add_argument("--min-passes", type=positive_int, default=1, help="timed phase runs at least this many passes")
-    g.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"], default="auto",
-                   help="auto: online when an API key or login exists, else offline")
-    g.add_argument("--wandb-project", default="biogpt-pubmedqa", help="wandb project name")
+def add_options(parser: argparse.ArgumentParser, cls, title: str) -> None:
+    """One flag per field of the dataclass `cls`: --field-name, help and choices from the field's metadata."""
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        meta = dict(f.metadata)
+        if "flag" in meta and meta["flag"] is None:
+            continue
+        flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        kwargs = {"dest": f.name, "default": default, "help": meta.pop("help")}
+        if f.type in (bool, "bool"):
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["type"] = meta.pop("type", None) or _flag_type(f)
+        group.add_argument(flag, **kwargs, **meta)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default after its help, except where there is none to show."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default in (None, False) else super()._get_help_string(action)
+
+
+def build_parser(description: str, options_cls=Options) -> argparse.ArgumentParser:
+    """The shared options, then the technique's own; argparse refuses a technique flag that shadows a shared one."""
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    add_options(p, RunConfig, "shared evaluation options")
+    if dataclasses.fields(options_cls):
+        add_options(p, options_cls, "technique options")
     return p
 
 
-_SHARED = {f.name for f in dataclasses.fields(RunConfig)}
+def _pick(cls, values: dict):
+    return {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}
 
 
-def config_from_args(args: argparse.Namespace, technique: str, variant: str, dtype: str = "float32") -> RunConfig:
-    """Shared options become fields; the technique's own options go to `options`."""
-    values = vars(args)
-    shared = {k: v for k, v in values.items() if k in _SHARED}
-    options = {k: v for k, v in values.items() if k not in _SHARED}
-    return RunConfig(technique=technique, variant=variant, dtype=dtype, options=options, **shared)
+def parse_config(technique: str, options_cls=Options, argv=None, description: str | None = None) -> RunConfig:
+    """Parse the command line into one frozen RunConfig (bad values: UsageError, exit 2)."""
+    args = vars(build_parser(description or technique, options_cls).parse_args(argv))
+    shared = {k: v for k, v in _pick(RunConfig, args).items() if k not in ("technique", "options", "command")}
+    return RunConfig(**shared, technique=technique, options=options_cls(**_pick(options_cls, args)))
 
 
 def run_main(main) -> None:

@@ -3,20 +3,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .answering import (ANSWER_PREFIX, answer_logits, answer_token_ids, encode_prompt, greedy_generate,
-                        make_batches, parse_answer, prompt_form)
+                        make_batches, parse_answer)
 from .config import RunConfig
-from .data import LABELS, Question, load_test_questions
-from .metrics import UNPARSED, classification_metrics, fidelity
-from .modeling import model_device, parameter_count, weight_bytes
-from .results import check_output_dir, check_reference, environment, read_per_question, write_run
+from .data import LABELS, Question
+from .metrics import UNPARSED, classification_metrics
+from .modeling import model_device
 from .telemetry import Clock, Sampler, latency_stats
-from .tracking import Tracker
 
 
 @dataclass
@@ -29,13 +26,6 @@ class Pass:
     prefill_ms: list[float] = field(default_factory=list)
     decode_ms: list[float] = field(default_factory=list)
     new_tokens: int = 0
-
-
-def prepare(cfg: RunConfig) -> tuple[list[Question], Path]:
-    """Check every input that can be checked before a model is loaded; (questions, run directory)."""
-    run_dir = check_output_dir(cfg)
-    check_reference(cfg.reference)
-    return load_test_questions(cfg.data_dir, cfg.limit), run_dir
 
 
 def score_pass(model, batches, n, answer_ids, clock, forward, progress=None) -> Pass:
@@ -84,33 +74,34 @@ def forward_flops(config, lengths: list[int], questions: int) -> float:
     return matmul + attention + 2 * h * config.vocab_size * questions
 
 
-def evaluate(model, tokenizer, questions: list[Question], cfg: RunConfig, forward=answer_logits,
-             buckets: list[int] | None = None):
-    """(metrics, per-question rows, per-batch history). `forward(model, batch, answer_ids)` -> [B, 3] logits;
-    `buckets`: pad each batch's length up to one of these (for compiled code)."""
+@dataclass
+class Prompts:
+    """The questions encoded and batched for one decode mode."""
+    ids: list[list[int]]
+    truncated: list[int]
+    batches: list
+    answer_ids: torch.Tensor
+
+
+def encode_all(model, tokenizer, questions: list[Question], cfg: RunConfig, buckets=None) -> Prompts:
     device = model_device(model)
-    cfg.prompt_form = prompt_form(tokenizer)
     generate = cfg.decode == "generate"
     max_len = model.config.max_position_embeddings - (cfg.max_new_tokens if generate else 0)
     encoded = [encode_prompt(tokenizer, q, "" if generate else ANSWER_PREFIX, max_len) for q in questions]
     ids = [e[0] for e in encoded]
     batches = make_batches(ids, cfg.batch_size, tokenizer.pad_token_id, left_pad=generate, device=device,
                            buckets=buckets)
-    answer_ids = torch.tensor(answer_token_ids(tokenizer), device=device)
-    clock, n = Clock(device), len(questions)
+    return Prompts(ids, [e[1] for e in encoded], batches,
+                   torch.tensor(answer_token_ids(tokenizer), device=device))
 
-    def one_pass(progress=None) -> Pass:
-        if generate:
-            return generate_pass(model, batches, n, tokenizer, cfg.max_new_tokens, clock, progress)
-        return score_pass(model, batches, n, answer_ids, clock, forward, progress)
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+def run_passes(one_pass, n: int, cfg: RunConfig, device: torch.device):
+    """The cold pass (accuracy, predictions), then timed passes until --min-passes and --min-duration are met,
+    with the sampler on. (cold pass, its seconds, timed passes, their seconds, telemetry)."""
     with tqdm(total=n, desc="cold pass", unit="q") as bar:
         t0 = time.perf_counter()
         cold = one_pass(bar)
         cold_s = time.perf_counter() - t0
-
     min_duration = cfg.min_duration if cfg.min_duration is not None else (10.0 if device.type == "cuda" else 0.0)
     passes, pass_s = [], []
     with Sampler(device) as sampler, tqdm(desc="timed passes", unit="pass") as bar:
@@ -120,13 +111,16 @@ def evaluate(model, tokenizer, questions: list[Question], cfg: RunConfig, forwar
             passes.append(one_pass())
             pass_s.append(time.perf_counter() - t0)
             bar.update(1)
-    timed_s = sum(pass_s)
+    return cold, cold_s, passes, pass_s, sampler.summary(n * len(passes))
 
+
+def timing_metrics(model, prompts: Prompts, n: int, cold_s: float, passes: list[Pass], pass_s: list[float]) -> dict:
+    """Latency, throughput, token and FLOP figures of the timed passes."""
+    batches, timed_s = prompts.batches, sum(pass_s)
     real_tokens = sum(b.real_tokens for b in batches)
     question_ms = [ms / len(b.indices) for p in passes for b, ms in zip(batches, p.batch_ms) for _ in b.indices]
-    flops = forward_flops(model.config, [len(x) for x in ids], n)
-    metrics = classification_metrics([q.label for q in questions], cold.predictions)
-    metrics.update({
+    flops = forward_flops(model.config, [len(x) for x in prompts.ids], n)
+    metrics = {
         "cold_pass_s": cold_s,
         "pass_s": latency_stats([s * 1e3 for s in pass_s]) | {"unit": "ms"},
         "pass_wall_s_median": sorted(pass_s)[len(pass_s) // 2],
@@ -136,82 +130,58 @@ def evaluate(model, tokenizer, questions: list[Question], cfg: RunConfig, forwar
         "throughput_qps": n * len(passes) / timed_s,
         "tokens_per_s": real_tokens * len(passes) / timed_s,
         "prompt_tokens": real_tokens, "padded_tokens": sum(b.padded_tokens for b in batches),
-        "truncated_questions": sum(e[1] > 0 for e in encoded),
+        "truncated_questions": sum(t > 0 for t in prompts.truncated),
         "forward_tflop_per_pass": flops / 1e12,
         "achieved_tflops": flops * len(passes) / timed_s / 1e12,
-        "timed_pass_agreement": 100.0 * sum(p.predictions == cold.predictions for p in passes) / len(passes),
-        "telemetry": sampler.summary(n * len(passes)),
-    })
-    if generate:
+    }
+    if passes[0].texts is not None:
         metrics["latency_prefill_ms"] = latency_stats([ms for p in passes for ms in p.prefill_ms])
         metrics["latency_decode_ms"] = latency_stats([ms for p in passes for ms in p.decode_ms])
         decode_s = sum(sum(p.decode_ms) for p in passes) / 1e3
         metrics["decode_tokens_per_s"] = sum(p.new_tokens for p in passes) / decode_s if decode_s else None
-    if device.type == "cuda":
-        metrics["torch_peak_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-        metrics["torch_peak_reserved_mib"] = torch.cuda.max_memory_reserved(device) / 2**20
-    else:
-        metrics["torch_peak_allocated_mib"] = metrics["torch_peak_reserved_mib"] = None
+    return metrics
 
-    first = passes[0]
-    per_question_ms = {i: ms / len(b.indices) for b, ms in zip(batches, first.batch_ms) for i in b.indices}
+
+def question_rows(questions: list[Question], prompts: Prompts, cold: Pass, first: Pass) -> list[dict]:
+    """One row per question, in question order: gold, prediction, answer logits, latency, tokens."""
+    per_question_ms = {i: ms / len(b.indices) for b, ms in zip(prompts.batches, first.batch_ms) for i in b.indices}
     rows = []
     for i, q in enumerate(questions):
         row = {"pmid": q.pmid, "gold": q.label, "prediction": cold.predictions[i]}
         logits = cold.logits[i] if cold.logits else [None] * 3
         row.update({f"logit_{label}": v for label, v in zip(LABELS, logits)})
-        row.update(latency_ms=per_question_ms[i], tokens=len(ids[i]), truncated_tokens=encoded[i][1])
-        if generate:
+        row.update(latency_ms=per_question_ms[i], tokens=len(prompts.ids[i]), truncated_tokens=prompts.truncated[i])
+        if cold.texts is not None:
             row["generated"] = cold.texts[i]
         rows.append(row)
-    history = [{"batch": k, "batch_size": len(b.indices), "seq_len": b.input_ids.shape[1],
-                "latency_ms": ms, "real_tokens": b.real_tokens} for k, (b, ms) in enumerate(zip(batches, first.batch_ms))]
-    return metrics, rows, history
+    return rows
 
 
-def evaluate_and_log(cfg: RunConfig, model, tokenizer, questions, run_dir: Path, *, load_s: float,
-                     setup_s: float | None = None, extra: dict | None = None, forward=answer_logits,
-                     buckets: list[int] | None = None, curves: dict[str, list[dict]] | None = None) -> dict:
-    """Evaluate, write results/<run>/ first, then log to wandb. `setup_s`: the technique's own
-    apply/compile/tune time, reported apart from run time. `extra`: the technique's own metrics.
-    `curves`: per-step records taken before evaluation (e.g. a fine-tuning loss), logged to wandb as history
-    against their own step axis (`NAME/step`), e.g. {"finetune": [{"step", "train_loss", "learning_rate"}, ...]}."""
+def evaluate(model, tokenizer, questions: list[Question], cfg: RunConfig, forward=answer_logits,
+             buckets: list[int] | None = None):
+    """(metrics, per-question rows, per-batch history). `forward(model, batch, answer_ids)` -> [B, 3] logits;
+    `buckets`: pad each batch's length up to one of these (for compiled code)."""
     device = model_device(model)
-    weights_cuda = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
-    metrics, rows, history = evaluate(model, tokenizer, questions, cfg, forward, buckets)
-    metrics.update(load_s=load_s, setup_s=setup_s)
-    if cfg.reference:
-        current = {r["pmid"]: {"prediction": r["prediction"],
-                               "logits": [r[f"logit_{x}"] for x in LABELS] if r["logit_yes"] is not None else None}
-                   for r in rows}
-        metrics["fidelity"] = fidelity(read_per_question(check_reference(cfg.reference)), current) | {
-            "reference": cfg.reference}
-    params, nbytes = parameter_count(model), weight_bytes(model)
-    results = {
-        "config": cfg.to_dict(),
-        "environment": environment(device),
-        "model": {"parameters": params, "weight_bytes": nbytes, "bytes_per_parameter": nbytes / params,
-                  "weight_bytes_cuda_allocated": weights_cuda, "weights": cfg.weights},
-        "metrics": metrics | (extra or {}),
-    }
-    write_run(run_dir, results, rows)
-    tracker = Tracker(cfg, run_dir)
-    for step, h in enumerate(history):
-        tracker.log(h, step=step)
-    for name, records in (curves or {}).items():
-        tracker.curve(name, records)
-    tracker.summary(results, rows)
-    tracker.finish()
-    print_summary(cfg, results, run_dir)
-    return results
+    prompts = encode_all(model, tokenizer, questions, cfg, buckets)
+    clock, n = Clock(device), len(questions)
+
+    def one_pass(progress=None) -> Pass:
+        if cfg.decode == "generate":
+            return generate_pass(model, prompts.batches, n, tokenizer, cfg.max_new_tokens, clock, progress)
+        return score_pass(model, prompts.batches, n, prompts.answer_ids, clock, forward, progress)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    cold, cold_s, passes, pass_s, telemetry = run_passes(one_pass, n, cfg, device)
+    metrics = classification_metrics([q.label for q in questions], cold.predictions)
+    metrics.update(timing_metrics(model, prompts, n, cold_s, passes, pass_s))
+    metrics["timed_pass_agreement"] = 100.0 * sum(p.predictions == cold.predictions for p in passes) / len(passes)
+    metrics["telemetry"] = telemetry
+    cuda = device.type == "cuda"
+    metrics["torch_peak_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
+    metrics["torch_peak_reserved_mib"] = torch.cuda.max_memory_reserved(device) / 2**20 if cuda else None
+    history = [{"batch": k, "batch_size": len(b.indices), "seq_len": b.input_ids.shape[1], "latency_ms": ms,
+                "real_tokens": b.real_tokens} for k, (b, ms) in enumerate(zip(prompts.batches, passes[0].batch_ms))]
+    return metrics, question_rows(questions, prompts, cold, passes[0]), history
 
 
-def print_summary(cfg: RunConfig, results: dict, run_dir: Path):
-    m = results["metrics"]
-    note = "  [weights: random — not a model accuracy]" if cfg.weights == "random" else ""
-    lat = m["latency_question_ms"]
-    print(f"{cfg.technique}/{cfg.variant} on {results['environment']['device_name']}: n={m['n']} "
-          f"accuracy={m['accuracy']:.3f} macro_f1={m['macro_f1']:.3f}{note}")
-    print(f"  pass {m['pass_wall_s_median']:.3f} s (cold {m['cold_pass_s']:.3f} s), {m['throughput_qps']:.1f} q/s, "
-          f"latency/question p50 {lat['p50']:.2f} ms p99 {lat['p99']:.2f} ms, load {m['load_s']:.1f} s")
-    print(f"  results: {run_dir}/results.json")

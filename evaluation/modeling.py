@@ -112,25 +112,23 @@ def load_pretrained(name: str, dtype: torch.dtype, device: torch.device, **kwarg
     return model.eval()
 
 
-def load_model(cfg: RunConfig, **kwargs):
-    """(model, tokenizer) for cfg.model in cfg.dtype on cfg.device; records cfg.weights."""
-    if cfg.dtype not in DTYPES:
-        raise UsageError(f"unknown dtype {cfg.dtype!r}; choose from {', '.join(DTYPES)}")
-    device = resolve_device(cfg.device)
+def load_model(cfg: RunConfig, device: torch.device, dtype: str | None = None, **kwargs):
+    """(model, tokenizer) for cfg.model in `dtype` (default: the run's) on `device`; kwargs go to from_pretrained."""
+    dtype = dtype or cfg.dtype
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
     tokenizer = load_tokenizer(cfg.model, cfg.tokenizer_dir)
     looks_local = cfg.model.startswith((".", "/", "~")) or cfg.model.count("/") > 1
     if cfg.model not in PRESETS and looks_local and not Path(cfg.model).is_dir():
         raise UsageError(f"model directory not found: {cfg.model} "
                          f"(presets: {', '.join(PRESETS)})")
     if cfg.model in PRESETS:
-        model = random_model(cfg.model, cfg.seed, DTYPES[cfg.dtype], device)
-        cfg.weights = "random"
+        model = random_model(cfg.model, cfg.seed, DTYPES[dtype], device)
     elif "/" not in cfg.model and not Path(cfg.model).is_dir():
         raise UsageError(f"unknown preset or model {cfg.model!r}; presets: {', '.join(PRESETS)}, "
                          "or a hub id like microsoft/BioGPT-Large-PubMedQA, or a local directory")
     else:
-        model = load_pretrained(cfg.model, DTYPES[cfg.dtype], device, **kwargs)
-        cfg.weights = weights_kind(model)
+        model = load_pretrained(cfg.model, DTYPES[dtype], device, **kwargs)
     if len(tokenizer) != model.config.vocab_size:
         raise UsageError(f"tokenizer has {len(tokenizer)} ids but the model's vocabulary is "
                          f"{model.config.vocab_size}: wrong --tokenizer-dir?")
@@ -147,21 +145,75 @@ def model_device(model) -> torch.device:
 
 
 def parameter_count(model) -> int:
-    """Parameters before any packing: a bitsandbytes 4-bit weight stores two per uint8 element."""
-    return sum(p.quant_state.shape.numel() if getattr(p, "quant_state", None) is not None else p.numel()
-               for p in model.parameters())
+    """Parameters before any packing: a bitsandbytes 4-bit weight stores two per uint8 element; torch.ao's
+    dynamic int8 Linears hold theirs in packed params, not parameters."""
+    packed = sum(m.in_features * m.out_features + m.out_features for m in decoder_linears(model).values()
+                 if callable(getattr(m, "weight", None)))
+    return packed + sum(p.quant_state.shape.numel() if getattr(p, "quant_state", None) is not None else p.numel()
+                        for p in model.parameters())
 
 
-def weight_bytes(model) -> int:
-    """Bytes of parameters and buffers as stored (tied weights counted once; packed quantized storage as is)."""
-    seen = set()
+def decoder_linears(model) -> dict[str, torch.nn.Module]:
+    """Every Linear of the decoder layers by name ("0.self_attn.q_proj", "0.fc1", ...), whatever it became:
+    nn.Linear (torchao tensor-subclass weights included), bitsandbytes or torch.ao quantized Linears."""
+    return {n: m for n, m in model.biogpt.layers.named_modules() if hasattr(m, "in_features") and n}
 
-    def nbytes(t) -> int:
-        if hasattr(t, "__tensor_flatten__"):  # tensor subclasses (torchao): count their inner tensors
-            names, _ = t.__tensor_flatten__()
-            return sum(nbytes(getattr(t, n)) for n in names)
-        if t.data_ptr() in seen:
-            return 0
-        seen.add(t.data_ptr())
-        return t.numel() * t.element_size()
-    return sum(nbytes(t) for t in list(model.parameters()) + list(model.buffers()))
+
+def is_converted(module) -> bool:
+    """A decoder Linear that a quantization or low-precision scheme replaced: another class than nn.Linear
+    (bitsandbytes, torch.ao), or a quantized tensor-subclass weight (torchao)."""
+    if type(module) is not torch.nn.Linear:
+        return True
+    return hasattr(module.weight, "__tensor_flatten__")
+
+
+def linear_conversion(model) -> dict:
+    """How many decoder Linears a scheme converted, out of how many, and what they became."""
+    linears = decoder_linears(model)
+    kinds: dict[str, int] = {}
+    for m in linears.values():
+        w = m.weight() if callable(m.weight) else m.weight  # torch.ao dynamic Linear: weight() unpacks
+        key = f"{type(m).__module__}.{type(m).__name__} / {type(w).__name__}"
+        kinds[key] = kinds.get(key, 0) + 1
+    return {"decoder_linears": len(linears), "converted": sum(map(is_converted, linears.values())), "kinds": kinds}
+
+
+def require_all_converted(model, scheme: str) -> dict:
+    """The conversion record; a scheme that left any decoder Linear unconverted is refused, not reported."""
+    record = linear_conversion(model)
+    if record["converted"] != record["decoder_linears"]:
+        raise UsageError(f"{scheme} converted only {record['converted']} of {record['decoder_linears']} decoder "
+                         f"Linears (the rest stayed {', '.join(k for k in record['kinds'] if '.Linear /' in k)}); "
+                         "pick options every layer supports")
+    return record
+
+
+def _tensor_bytes(t, seen: set) -> int:
+    if hasattr(t, "__tensor_flatten__"):  # tensor subclasses (torchao, bitsandbytes params): their inner tensors
+        names, _ = t.__tensor_flatten__()
+        return sum(_tensor_bytes(getattr(t, n), seen) for n in names)
+    if not isinstance(t, torch.Tensor) or t.data_ptr() in seen:
+        return 0
+    seen.add(t.data_ptr())
+    if t.is_quantized:  # torch.ao packed weight: int8 values plus per-channel scales and zero points
+        extra = (t.q_per_channel_scales().nbytes + t.q_per_channel_zero_points().nbytes
+                 if t.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric) else 8)
+        return t.int_repr().nbytes + extra
+    return t.numel() * t.element_size()
+
+
+def footprint_bytes(model) -> int:
+    """The model's stored bytes, counted once per storage: parameters and buffers (tensor subclasses by their
+    inner tensors), bitsandbytes quantization state held beside the weights (absmax, codebooks, int8 row
+    scales) and torch.ao's packed int8 weights with their scales and biases."""
+    seen: set = set()
+    tensors = list(model.parameters()) + list(model.buffers())
+    for p in model.parameters():
+        state = getattr(p, "quant_state", None)
+        if state is not None:
+            tensors += [state.absmax, state.code] + ([state.state2.absmax, state.state2.code] if state.nested else [])
+        tensors.append(getattr(p, "SCB", None))
+    for m in decoder_linears(model).values():
+        if callable(getattr(m, "weight", None)) and hasattr(m, "_weight_bias"):  # torch.ao dynamic quantized Linear
+            tensors += list(m._weight_bias())
+    return sum(_tensor_bytes(t, seen) for t in tensors if t is not None)

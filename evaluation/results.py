@@ -23,18 +23,24 @@ def default_run_name(cfg: RunConfig) -> str:
 
 
 def check_output_dir(cfg: RunConfig) -> Path:
-    """Fail before any work when the output directory can't be written; returns the run directory."""
+    """Fail before any work when the run directory can't be written or would replace another run; returns it."""
+    name = cfg.run_name or default_run_name(cfg)
+    if "/" in name or name in (".", ".."):
+        raise UsageError(f"--run-name must be a plain name, got {name!r}")
     root = Path(cfg.output_dir)
+    if (root / name).exists() and not cfg.overwrite:
+        raise UsageError(f"run directory {root / name} already exists; pick another --run-name or pass --overwrite")
+    existed = root.is_dir()
     try:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=root):
             pass
     except OSError as e:
         raise UsageError(f"output directory not writable: {root} ({e.strerror or e})")
-    cfg.run_name = cfg.run_name or default_run_name(cfg)
-    if "/" in cfg.run_name or cfg.run_name in (".", ".."):
-        raise UsageError(f"--run-name must be a plain name, got {cfg.run_name!r}")
-    return root / cfg.run_name
+    finally:
+        if not existed and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()  # checked, not kept: the run writes it when it has something to write
+    return root / name
 
 
 def environment(device: torch.device) -> dict:
@@ -97,6 +103,7 @@ def write_run(run_dir: Path, results: dict, rows: list[dict]) -> Path:
         predictions = {r["pmid"]: r["prediction"] for r in rows}
         (tmp / "predictions.json").write_text(json.dumps(predictions, indent=2) + "\n")
         (tmp / "per_question.csv").write_text(_csv_text(rows))
+        tmp.chmod(0o755)  # mkdtemp makes it private; a results directory is for others to read
         if run_dir.exists():
             shutil.rmtree(run_dir)
         os.replace(tmp, run_dir)

@@ -24,14 +24,16 @@ def resolve_mode(requested: str) -> str:
     return "offline"
 
 
-def tags(cfg) -> list[str]:
-    return [cfg.technique, cfg.variant, cfg.decode, cfg.dtype, f"weights: {cfg.weights}"]
+def tags(cfg, weights: str) -> list[str]:
+    return [cfg.technique, cfg.variant, cfg.decode, cfg.dtype, f"weights: {weights}"]
 
 
 class Tracker:
     """A wandb run or nothing. Every call is guarded: wandb trouble is printed, never raised."""
 
-    def __init__(self, cfg, run_dir: Path):
+    def __init__(self, cfg, results: dict, run_dir: Path):
+        """`results`: the run's record; its config and resolved values (device used, weights, prompt form)
+        become the wandb config."""
         self.run, self.mode = None, resolve_mode(cfg.wandb)
         if self.mode == "disabled":
             return
@@ -42,8 +44,10 @@ class Tracker:
             import wandb
 
             self.wandb = wandb
-            self.run = wandb.init(project=cfg.wandb_project, group=cfg.technique, name=cfg.run_name,
-                                  tags=tags(cfg), config=cfg.to_dict(), mode=self.mode, dir=str(run_dir.parent),
+            run = results["run"]
+            self.run = wandb.init(project=cfg.wandb_project, group=cfg.technique, name=run["run_name"],
+                                  tags=tags(cfg, run["weights"]), config=results["config"] | {"resolved": run},
+                                  mode=self.mode, dir=str(run_dir.parent),
                                   reinit="finish_previous")
         except Exception as e:
             print(f"wandb: could not start a run ({type(e).__name__}: {e}); results are on disk in {run_dir}",
@@ -74,7 +78,7 @@ class Tracker:
     def summary(self, results: dict, rows: list[dict]):
         def _summary():
             self.run.summary.update({"environment": results["environment"], "model": results["model"],
-                                     **results["metrics"]})
+                                     "technique": results["technique"], **results["metrics"]})
             table = self.wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows])
             gold = [LABELS.index(r["gold"]) for r in rows]
             # unparsed answers have no class index: shown as the last column of the matrix

@@ -10,22 +10,23 @@ from pathlib import Path
 
 import torch
 
-from evaluation import PRESETS, UsageError, load_model, resolve_device
+from evaluation import PRESETS, UsageError, load_model
 from evaluation.modeling import DTYPES, random_model
 
-PRECISIONS = ["float32", "float16", "bfloat16", "int8", "int4", "float4", "fp8"]
-BNB_4BIT_TYPES = {"int4": "nf4", "float4": "fp4"}
+FLOAT_PRECISIONS = ("float32", "float16", "bfloat16")
+BNB_TYPES = {"int8": "llm.int8", "int4": "nf4", "float4": "fp4"}
+PRECISIONS = [*FLOAT_PRECISIONS, *BNB_TYPES, "fp8"]
 
 
-def bnb_config(precision: str, compute_dtype: str, int8_threshold: float, double_quant: bool):
+def bnb_config(opts):
     """The BitsAndBytesConfig for int8 (LLM.int8), int4 (NF4) or float4 (FP4)."""
     from transformers import BitsAndBytesConfig
 
-    if precision == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=int8_threshold)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=BNB_4BIT_TYPES[precision],
-                              bnb_4bit_compute_dtype=DTYPES[compute_dtype],
-                              bnb_4bit_use_double_quant=double_quant)
+    if opts.precision == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=opts.int8_threshold)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=BNB_TYPES[opts.precision],
+                              bnb_4bit_compute_dtype=DTYPES[opts.compute_dtype],
+                              bnb_4bit_use_double_quant=opts.double_quant)
 
 
 def saved_preset(name: str, seed: int) -> Path:
@@ -48,21 +49,17 @@ def saved_preset(name: str, seed: int) -> Path:
     return out
 
 
-def load_bnb(cfg, quantization_config):
-    """(model, tokenizer) with bitsandbytes layers; embeddings, layer norms and the LM head stay in cfg.dtype."""
-    device = resolve_device(cfg.device)
-    source = cfg
-    if cfg.model in PRESETS:
-        source = dataclasses.replace(cfg, model=str(saved_preset(cfg.model, cfg.seed)))
-    model, tokenizer = load_model(source, quantization_config=quantization_config,
-                                  device_map={"": str(device)})
-    cfg.weights = "random" if cfg.model in PRESETS else source.weights
-    return model, tokenizer
+def load_bnb(cfg, device):
+    """The model with bitsandbytes layers, loaded through from_pretrained as a real checkpoint would be (a preset
+    is saved once first); embeddings, layer norms and the LM head stay in the compute dtype."""
+    source = cfg.model if cfg.model not in PRESETS else str(saved_preset(cfg.model, cfg.seed))
+    model, _ = load_model(dataclasses.replace(cfg, model=source), device,
+                          quantization_config=bnb_config(cfg.options), device_map={"": str(device)})
+    return model
 
 
-def check_fp8_device(device_name: str) -> None:
+def check_fp8_device(device) -> None:
     """float8 matmuls (torch._scaled_mm) need CUDA compute capability 8.9+ (Ada, Hopper or newer)."""
-    device = resolve_device(device_name)
     if device.type != "cuda":
         raise UsageError("--precision fp8 needs a CUDA GPU with compute capability >= 8.9 (Ada/Hopper); "
                          "this run's device is the CPU")
@@ -82,26 +79,3 @@ def to_fp8(model) -> str:
     quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow() if per_row else PerTensor()),
               filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn != "output_projection")
     return "per_row" if per_row else "per_tensor"
-
-
-def quant_state_bytes(model) -> int:
-    """Bytes of bitsandbytes quantization state held beside the weights (absmax, codebooks, int8 row scales),
-    which are attributes rather than parameters or buffers."""
-    total, seen = 0, set()
-
-    def add(t):
-        nonlocal total
-        if isinstance(t, torch.Tensor) and t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            total += t.numel() * t.element_size()
-
-    for p in model.parameters():
-        state = getattr(p, "quant_state", None)
-        if state is not None:
-            add(state.absmax)
-            add(state.code)
-            if state.nested:
-                add(state.state2.absmax)
-                add(state.state2.code)
-        add(getattr(p, "SCB", None))
-    return total

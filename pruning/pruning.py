@@ -6,129 +6,109 @@
     python pruning/pruning.py --model tiny-random --tokenizer-dir ../shared/data/biogpt-large \
         --data-dir ../shared/data/pubmedqa --limit 20 --strategy block --sparsity 0.3 --block-size 32
 """
-import argparse
-import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's module, also when imported by path
+from evaluation import Applied, Options, UsageError, load_finetuning_data, main, option
+from evaluation.finetune import finetune
 
-import sparsify  # noqa: E402
-from evaluation import (UsageError, build_parser, config_from_args, evaluate_and_log, load_model,  # noqa: E402
-                        load_finetuning_data, prepare, run_main)
-from evaluation.finetune import finetune  # noqa: E402
+if __package__:  # imported as pruning.pruning
+    from . import sparsify
+else:  # run as `python pruning/pruning.py`: this folder is then sys.path[0], and this file shadows the package
+    import sparsify
 
 STRATEGIES = ["unstructured", "structured", "block", "2:4"]
 
 
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return value
+@dataclass(frozen=True)
+class PruningOptions(Options):
+    strategy: str = option("unstructured", "unstructured: L1 magnitude; structured: remove FFN neurons (and "
+                                           "heads); block: zero the lowest-norm tiles; 2:4: 2 of every 4 weights "
+                                           "zero (sparse kernels on a GPU).", choices=STRATEGIES)
+    sparsity: float = option(0.5, "Fraction of decoder Linear weights pruned, in [0, 1); structured: the fraction "
+                                  "of FFN neurons removed per layer; 2:4: always 0.5.")
+    scope: str = option("global", "unstructured/block: one ranking over all decoder matrices, or the same "
+                                  "sparsity per matrix.", choices=["global", "layer"])
+    block_size: int = option(32, "block: the tile side.", choices=[4, 8, 16, 32, 64])
+    heads_fraction: float = option(0.0, "structured: the fraction of attention heads also removed per layer.")
+    dtype_name: str = option("float32", "Weights dtype; 2:4 sparse kernels need bfloat16 or float16 on a CUDA GPU.",
+                             choices=["float32", "bfloat16", "float16"], flag="--dtype")
+    finetune_steps: int = option(0, "Recovery fine-tuning steps on the PubMedQA train/dev half, mask fixed "
+                                    "(0: none).")
+    finetune_lr: float = option(1e-5, "Recovery fine-tuning peak learning rate.")
+    finetune_batch_size: int = option(4, "Recovery fine-tuning questions per step.", choices=[1, 2, 4, 8, 16])
+    save_dir: str | None = option(None, "Save the pruned model here (save_pretrained, safetensors).")
+
+    def __post_init__(self):
+        for name in ("sparsity", "heads_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+        if self.strategy == "2:4" and self.sparsity != 0.5:
+            raise UsageError(f"2:4 sparsity is 0.5 by construction; got --sparsity {self.sparsity}")
+        if self.heads_fraction and self.strategy != "structured":
+            raise UsageError("--heads-fraction applies to --strategy structured only")
+        if self.finetune_steps < 0:
+            raise UsageError(f"--finetune-steps must be >= 0, got {self.finetune_steps}")
+
+    @property
+    def variant(self) -> str:
+        return f"{self.strategy.replace(':', 'of')}-{self.sparsity:g}"
+
+    @property
+    def dtype(self) -> str:
+        return self.dtype_name
 
 
-def non_negative_int(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return int(text)
-
-
-def make_parser():
-    p = build_parser(__doc__.splitlines()[0])
-    g = p.add_argument_group("pruning")
-    g.add_argument("--strategy", choices=STRATEGIES, required=True,
-                   help="unstructured: L1 magnitude; structured: remove FFN neurons (and heads); "
-                        "block: zero lowest-norm tiles; 2:4: 2 of every 4 weights zero (sparse kernels on GPU)")
-    g.add_argument("--sparsity", type=fraction, default=0.5,
-                   help="fraction of decoder Linear weights pruned, in [0, 1); structured: fraction of FFN neurons "
-                        "removed per layer; 2:4: always 0.5")
-    g.add_argument("--scope", choices=["global", "layer"], default="global",
-                   help="unstructured/block: one ranking over all decoder matrices, or the same sparsity per matrix")
-    g.add_argument("--block-size", type=int, choices=[4, 8, 16, 32, 64], default=32, help="block: tile side")
-    g.add_argument("--heads-fraction", type=fraction, default=0.0,
-                   help="structured: fraction of attention heads also removed per layer")
-    g.add_argument("--dtype", dest="weight_dtype", choices=["float32", "bfloat16", "float16"], default="float32",
-                   help="weights dtype; 2:4 sparse kernels need bfloat16/float16 on a CUDA GPU")
-    g.add_argument("--finetune-steps", type=non_negative_int, default=0,
-                   help="recovery fine-tuning steps on the PubMedQA train/dev half, mask fixed (0: none)")
-    g.add_argument("--finetune-lr", type=float, default=1e-5, help="recovery fine-tuning peak learning rate")
-    g.add_argument("--finetune-batch-size", type=int, choices=[1, 2, 4, 8, 16], default=4,
-                   help="recovery fine-tuning questions per step")
-    g.add_argument("--save-dir", default=None, help="save the pruned model here (save_pretrained, safetensors)")
-    return p
-
-
-def prune_model(model, opts) -> dict:
+def prune(model, opts) -> dict:
     """Apply the strategy; masks stay as hooks (fine-tuning keeps them fixed) until make_permanent."""
-    if opts["strategy"] == "unstructured":
-        sparsify.prune_unstructured(model, opts["sparsity"], opts["scope"])
-    elif opts["strategy"] == "block":
-        sparsify.prune_block(model, opts["sparsity"], opts["block_size"], opts["scope"])
-    elif opts["strategy"] == "2:4":
+    if opts.strategy == "unstructured":
+        sparsify.prune_unstructured(model, opts.sparsity, opts.scope)
+    elif opts.strategy == "block":
+        sparsify.prune_block(model, opts.sparsity, opts.block_size, opts.scope)
+    elif opts.strategy == "2:4":
         sparsify.prune_two_four(model)
     else:
-        return sparsify.prune_structured(model, opts["sparsity"], opts["heads_fraction"])
+        return sparsify.prune_structured(model, opts.sparsity, opts.heads_fraction)
     return {}
 
 
-def recover(cfg, model, tokenizer) -> dict:
+def recover(model, tokenizer, cfg) -> tuple[dict, list[dict]]:
     """Recovery fine-tuning on the train/dev half; the shared loop refuses any test PMID."""
+    opts = cfg.options
     train, test_pmids = load_finetuning_data(cfg.data_dir)  # all 500 test PMIDs, not just the --limit ones
-    t0 = time.perf_counter()
     dtype, on_gpu = next(model.parameters()).dtype, next(model.parameters()).is_cuda
     model.float()  # fp32 master weights: a bf16/fp16 weight cannot hold 1e-5-sized updates
-    history = finetune(model, tokenizer, train, steps=cfg.options["finetune_steps"], test_pmids=test_pmids,
-                       batch_size=cfg.options["finetune_batch_size"], lr=cfg.options["finetune_lr"], seed=cfg.seed,
-                       bf16_autocast=on_gpu)
+    history = finetune(model, tokenizer, train, steps=opts.finetune_steps, test_pmids=test_pmids,
+                       batch_size=opts.finetune_batch_size, lr=opts.finetune_lr, seed=cfg.seed, bf16_autocast=on_gpu)
     model.to(dtype)
-    return {"finetune_s": time.perf_counter() - t0, "finetune_questions": len(train),
-            "finetune_test_pmids_seen": len(test_pmids & {q.pmid for q in train}), "finetune_history": history}
+    return {"finetune_questions": len(train)}, history
 
 
-def main():
-    args = make_parser().parse_args()
-    if args.strategy == "2:4" and args.sparsity != 0.5:
-        raise UsageError(f"2:4 sparsity is 0.5 by construction; got --sparsity {args.sparsity}")
-    if args.heads_fraction and args.strategy != "structured":
-        raise UsageError("--heads-fraction applies to --strategy structured only")
-    variant = f"{args.strategy.replace(':', 'of')}-{args.sparsity:g}"
-    cfg = config_from_args(args, technique="pruning", variant=variant, dtype=args.weight_dtype)
-    questions, run_dir = prepare(cfg)
-    if args.save_dir and Path(args.save_dir).resolve() == run_dir.resolve():
-        raise UsageError(f"--save-dir {args.save_dir} is the run's results directory, which is rewritten; pick another")
-    t0 = time.perf_counter()
-    model, tokenizer = load_model(cfg)
-    load_s = time.perf_counter() - t0
-
+def apply(model, tokenizer, cfg, device, questions) -> Applied:
+    opts = cfg.options
+    if opts.save_dir and cfg.run_name and Path(opts.save_dir).resolve() == (Path(cfg.output_dir) / cfg.run_name).resolve():
+        raise UsageError(f"--save-dir {opts.save_dir} is the run's results directory; pick another")
     original = sparsify.weight_counts(model)
-    t0 = time.perf_counter()
-    extra = prune_model(model, cfg.options)
-    setup_s = time.perf_counter() - t0
-    if cfg.options["finetune_steps"]:
-        extra |= recover(cfg, model, tokenizer)
+    record, history = prune(model, opts), None
+    if opts.finetune_steps:
+        extra, history = recover(model, tokenizer, cfg)
+        record |= extra
     sparsify.make_permanent(model)
-    extra |= sparsify.measure_sparsity(model, original)
-    extra["parameters_nonzero"] = sum(int(p.count_nonzero()) for p in model.parameters())
-    if cfg.options["save_dir"]:
-        model.save_pretrained(cfg.options["save_dir"])
-        tokenizer.save_pretrained(cfg.options["save_dir"])
-    extra["sparse_kernels"], extra["sparse_kernels_reason"] = False, "dense kernels: not a 2:4 run"
-    if cfg.options["strategy"] == "2:4":
-        t0 = time.perf_counter()
-        extra["sparse_kernels"], extra["sparse_kernels_reason"] = sparsify.to_semi_structured(model)
-        extra["sparse_convert_s"] = time.perf_counter() - t0
-        print(f"2:4: sparse kernels {'ON' if extra['sparse_kernels'] else 'OFF'} ({extra['sparse_kernels_reason']})")
-    print(f"pruning: {cfg.options['strategy']} requested {cfg.options['sparsity']:.3f}, measured "
-          f"{extra['sparsity_measured']:.4f} overall, by type "
-          + " ".join(f"{t}={s:.3f}" for t, s in extra["sparsity_by_type"].items()))
-    curves = {"finetune": extra["finetune_history"]} if "finetune_history" in extra else None
-    evaluate_and_log(cfg, model, tokenizer, questions, run_dir, load_s=load_s, setup_s=setup_s, extra=extra,
-                     curves=curves)
+    record |= sparsify.measure_sparsity(model, original)
+    record["parameters_nonzero"] = sum(int(p.count_nonzero()) for p in model.parameters())
+    if opts.save_dir:
+        model.save_pretrained(opts.save_dir)
+        tokenizer.save_pretrained(opts.save_dir)
+    record["sparse_kernels"], record["sparse_kernels_reason"] = (sparsify.to_semi_structured(model)
+                                                                 if opts.strategy == "2:4"
+                                                                 else (False, "dense kernels: not a 2:4 run"))
+    print(f"pruning: {opts.strategy} requested {opts.sparsity:.3f}, measured {record['sparsity_measured']:.4f} "
+          "overall, by type " + " ".join(f"{t}={s:.3f}" for t, s in record["sparsity_by_type"].items())
+          + (f"; 2:4 sparse kernels {'ON' if record['sparse_kernels'] else 'OFF'} ({record['sparse_kernels_reason']})"
+             if opts.strategy == "2:4" else ""))
+    return Applied(record=record | ({"finetune_history": history} if history else {}),
+                   curves={"finetune": history} if history else None)
 
 
 if __name__ == "__main__":
-    run_main(main)
+    main("pruning", PruningOptions, apply, description=__doc__.splitlines()[0])

@@ -9,15 +9,10 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from evaluation import UsageError
+from evaluation import UsageError, decoder_linears
 
 # module name suffix -> layer type in the records
 LAYER_TYPES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "out_proj": "out", "fc1": "fc1", "fc2": "fc2"}
-
-
-def decoder_linears(model) -> dict[str, nn.Linear]:
-    """Every Linear inside the decoder layers, by name ("0.self_attn.q_proj", "0.fc1", ...)."""
-    return {name: m for name, m in model.biogpt.layers.named_modules() if isinstance(m, nn.Linear)}
 
 
 def layer_type(name: str) -> str:

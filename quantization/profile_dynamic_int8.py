@@ -10,28 +10,28 @@ same batch gives a fairer ratio. torch.profiler then shows where each path spend
 import copy
 import json
 import statistics
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's evaluation/ and quantization/
-
-from evaluation import (PRESETS, UsageError, build_parser, config_from_args, load_model, load_test_questions,
+from evaluation import (PRESETS, Options, UsageError, load_model, load_test_questions, option, parse_config,
                         run_main)
 from evaluation.answering import ANSWER_PREFIX, answer_logits, answer_token_ids, encode_prompt, make_batches
 from quantization.int8_layers import quantize_decoder
 
 
-def make_parser():
-    p = build_parser(__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=3, help="timed rounds; each runs every model on every batch")
-    p.add_argument("--out", default=None, help="write timings + operator tables as JSON here")
-    p.add_argument("--linear-tokens", type=int, default=None,
-                   help="instead of the model: time its three decoder Linear shapes alone on this many random "
-                        "tokens (light: no model is loaded; presets only)")
-    return p
+@dataclass(frozen=True)
+class ProfileOptions(Options):
+    rounds: int = option(3, "Timed rounds; each runs every model on every batch.")
+    out: str | None = option(None, "Write the timings and operator tables as JSON here.")
+    linear_tokens: int | None = option(None, "Instead of the model, time its three decoder Linear shapes alone on "
+                                             "this many random tokens (light: no model is loaded; presets only).")
+
+    @property
+    def variant(self) -> str:
+        return "profile-dynamic-int8"
 
 
 def interleaved(models: dict, fn, rounds: int) -> dict:
@@ -63,9 +63,9 @@ def linear_shapes(cfg) -> dict:
         holder = torch.nn.Module()
         holder.biogpt = torch.nn.Module()
         holder.biogpt.layers = torch.nn.Sequential(torch.nn.Linear(k, n)).eval()
-        x = torch.randn(cfg.options["linear_tokens"], k)
+        x = torch.randn(cfg.options.linear_tokens, k)
         with torch.inference_mode():
-            times = interleaved(quantized_copies(holder), lambda m: m.biogpt.layers(x), cfg.options["rounds"])
+            times = interleaved(quantized_copies(holder), lambda m: m.biogpt.layers(x), cfg.options.rounds)
             ops = {name: top_ops(lambda m=m: m.biogpt.layers(x)) for name, m in quantized_copies(holder).items()}
         median = {name: statistics.median(t) for name, t in times.items()}
         report[f"{k}->{n}"] = {"median_ms": {n_: v * 1e3 for n_, v in median.items()},
@@ -87,12 +87,12 @@ def top_ops(fn, n=8) -> list[dict]:
 
 
 def main():
-    cfg = config_from_args(make_parser().parse_args(), technique="quantization", variant="profile-dynamic-int8")
-    if cfg.options["linear_tokens"]:
+    cfg = parse_config("quantization", ProfileOptions, description=__doc__.splitlines()[0])
+    if cfg.options.linear_tokens:
         if cfg.model not in PRESETS:
             raise UsageError(f"--linear-tokens needs a preset model ({', '.join(PRESETS)}), got {cfg.model!r}")
         return write(cfg, {"model": cfg.model, "threads": torch.get_num_threads(), "linears": linear_shapes(cfg)})
-    model, tokenizer = load_model(cfg)
+    model, tokenizer = load_model(cfg, torch.device("cpu"))
     questions = load_test_questions(cfg.data_dir, cfg.limit)
     ids = [encode_prompt(tokenizer, q, ANSWER_PREFIX, model.config.max_position_embeddings)[0] for q in questions]
     batches = make_batches(ids, cfg.batch_size, tokenizer.pad_token_id, False, torch.device("cpu"))
@@ -102,7 +102,7 @@ def main():
     def run(m):
         return [answer_logits(m, b, answer_ids) for b in batches]
 
-    times = interleaved(models, run, cfg.options["rounds"])
+    times = interleaved(models, run, cfg.options.rounds)
     median = {name: statistics.median(t) for name, t in times.items()}
     report = {"model": cfg.model, "questions": len(questions), "batch_size": cfg.batch_size,
               "threads": torch.get_num_threads(), "rounds_s": times, "median_s": median,
@@ -117,9 +117,9 @@ def main():
 
 
 def write(cfg, report: dict):
-    if cfg.options["out"]:
-        Path(cfg.options["out"]).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.options["out"]).write_text(json.dumps(report, indent=2) + "\n")
+    if cfg.options.out:
+        Path(cfg.options.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.options.out).write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -10,19 +10,14 @@ the fine-tuned model with its fake quantization removed (plain float Linears) fo
         --data-dir ../shared/data/pubmedqa --limit 20 --steps 20 --weights int4
 """
 import json
-import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's evaluation/ and quantization/
-
-from evaluation import (UsageError, build_parser, config_from_args, evaluate_and_log, load_model, load_finetuning_data,
-                        prepare, resolve_device, run_main, weight_bytes)
-from evaluation.config import positive_int
+from evaluation import Applied, Options, UsageError, load_finetuning_data, main, option, require_all_converted
 from evaluation.finetune import finetune
-from quantization.int8_layers import is_decoder_linear, kernel_path
+from quantization.int8_layers import INT4_GROUP_SIZES, is_decoder_linear
 
 WEIGHTS = ("int4", "int8")
 
@@ -94,75 +89,64 @@ def load_checkpoint(directory):
     return model
 
 
-def make_parser():
-    p = build_parser(__doc__.splitlines()[0])
-    g = p.add_argument_group("quantization-aware training")
-    g.add_argument("--weights", choices=WEIGHTS, default="int4", help="weight precision (activations: dynamic int8)")
-    g.add_argument("--group-size", type=int, choices=[32, 64, 128, 256], default=32,
-                   help="int4 weights: input channels sharing one scale")
-    g.add_argument("--steps", type=int, default=100, help="optimizer steps of fine-tuning (positive)")
-    g.add_argument("--train-batch-size", type=positive_int, default=4, help="training examples per micro-batch")
-    g.add_argument("--lr", type=float, default=1e-5, help="peak learning rate (linear warmup 10%%, linear decay)")
-    g.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per optimizer step")
-    g.add_argument("--bf16-autocast", action="store_true", help="train under bfloat16 autocast (CUDA only)")
-    g.add_argument("--no-convert", action="store_true",
-                   help="evaluate the fine-tuned model without quantization (fake quantization removed)")
-    g.add_argument("--save-dir", default=None,
-                   help="where to save the model (model.safetensors + config.json); default RUN_DIR/model")
-    return p
+@dataclass(frozen=True)
+class QATOptions(Options):
+    weights: str = option("int4", "Weight precision (activations: dynamic int8).", choices=WEIGHTS)
+    group_size: int | None = option(None, "int4 weights: input channels sharing one scale; 32 when not given.",
+                                    choices=INT4_GROUP_SIZES)
+    steps: int = option(100, "Optimizer steps of fine-tuning.")
+    train_batch_size: int = option(4, "Training examples per micro-batch.")
+    lr: float = option(1e-5, "Peak learning rate (linear warm-up over 10% of the steps, then linear decay).")
+    grad_accum: int = option(1, "Micro-batches per optimizer step.")
+    bf16_autocast: bool = option(False, "Train under bfloat16 autocast (CUDA only).")
+    no_convert: bool = option(False, "Evaluate the fine-tuned model without quantization (fake quantization "
+                                     "removed), for comparison.")
+    save_dir: str | None = option(None, "Where to save the model (model.safetensors + config.json); by default "
+                                        "RUN_DIR/model.")
+
+    def __post_init__(self):
+        for name in ("steps", "train_batch_size", "grad_accum"):
+            if getattr(self, name) <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if self.group_size is not None and self.weights != "int4":
+            raise UsageError("--group-size applies to --weights int4 only")
+        if self.weights == "int4" and self.group_size is None:
+            object.__setattr__(self, "group_size", 32)
+
+    @property
+    def variant(self) -> str:
+        return (f"qat-da8w{self.weights[3:]}" + (f"-g{self.group_size}" if self.group_size else "")
+                + ("-noconvert" if self.no_convert else ""))
+
+    def check_device(self, device):
+        if self.bf16_autocast and device.type != "cuda":
+            raise UsageError("--bf16-autocast is a CUDA option; this run is on the CPU")
 
 
-def main():
-    args = make_parser().parse_args()
-    if args.steps <= 0:
-        raise UsageError(f"--steps must be a positive integer, got {args.steps}")
-    device = resolve_device(args.device)
-    if args.bf16_autocast and device.type != "cuda":
-        raise UsageError("--bf16-autocast is a CUDA option; this run is on the CPU")
-    variant = f"qat-da8w{args.weights[3:]}" + ("-g%d" % args.group_size if args.weights == "int4" else "")
-    cfg = config_from_args(args, technique="quantization", variant=variant + ("-noconvert" if args.no_convert else ""))
-    questions, run_dir = prepare(cfg)
+def apply(model, tokenizer, cfg, device, questions) -> Applied:
+    """prepare (fake quantization) -> fine-tune on the train/dev half -> convert (or drop the fake quantization)."""
+    opts = cfg.options
     train, test_pmids = load_finetuning_data(cfg.data_dir)  # all 500 test PMIDs, not just the --limit ones
-    if cfg.model == "biogpt-large-random":
-        print("note: biogpt-large-random has random weights: QAT here is only a speed/memory exercise, "
-              "its accuracy means nothing")
-
-    t0 = time.perf_counter()
-    model, tokenizer = load_model(cfg)
-    load_s = time.perf_counter() - t0
-    float_bytes = weight_bytes(model)
-
-    base = qat_base_config(args.weights, args.group_size)
-    t0 = time.perf_counter()
+    base = qat_base_config(opts.weights, opts.group_size)
     qat_step(model, base, "prepare")
-    history = finetune(model, tokenizer, train, steps=args.steps, test_pmids=test_pmids,
-                       batch_size=args.train_batch_size, lr=args.lr, grad_accum=args.grad_accum,
-                       bf16_autocast=args.bf16_autocast, seed=cfg.seed)
-    train_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    drop_fake_quantization(model) if args.no_convert else qat_step(model, base, "convert")
-    convert_s = time.perf_counter() - t0
-
-    description = {"weights": args.weights, "group_size": args.group_size if args.weights == "int4" else None,
-                   "activations": "int8 dynamic per-token asymmetric", "converted": not args.no_convert,
-                   "backend": "torchao-qat" if not args.no_convert else "torchao-qat-noconvert",
-                   "steps": args.steps, "train_questions": len(train)}
-    # the harness replaces the run directory when it writes results: save into it afterwards
-    checkpoint = Path(args.save_dir) if args.save_dir else run_dir / "model"
-    quantized_bytes = weight_bytes(model)
+    history = finetune(model, tokenizer, train, steps=opts.steps, test_pmids=test_pmids,
+                       batch_size=opts.train_batch_size, lr=opts.lr, grad_accum=opts.grad_accum,
+                       bf16_autocast=opts.bf16_autocast, seed=cfg.seed)
+    drop_fake_quantization(model) if opts.no_convert else qat_step(model, base, "convert")
+    description = {"weights": opts.weights, "group_size": opts.group_size,
+                   "activations": "int8 dynamic per-token asymmetric", "converted": not opts.no_convert,
+                   "steps": opts.steps, "train_questions": len(train)}
     losses = [h["train_loss"] for h in history]
-    print(f"QAT {variant}: {args.steps} steps in {train_s:.1f} s, loss {losses[0]:.3f} -> {losses[-1]:.3f}; "
-          f"{'fine-tuned float model' if args.no_convert else 'converted'}: {float_bytes / 2**20:.1f} MiB -> "
-          f"{quantized_bytes / 2**20:.1f} MiB")
-    evaluate_and_log(cfg, model, tokenizer, questions, run_dir, load_s=load_s, setup_s=train_s + convert_s,
-                     curves={"finetune": history}, extra={"quantization": description | {
-                         "train_s": train_s, "convert_s": convert_s, "kernel_path": kernel_path(model),
-                         "float_weight_bytes": float_bytes, "quantized_weight_bytes": quantized_bytes,
-                         "weight_bytes_ratio": quantized_bytes / float_bytes,
-                         "checkpoint": str(checkpoint / "model.safetensors"),
-                         "train_loss_first": losses[0], "train_loss_last": losses[-1], "train_history": history}})
-    print(f"saved {save_checkpoint(model, checkpoint, description)} (load with quantization.qat.load_checkpoint)")
+    print(f"QAT {cfg.variant}: {opts.steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+
+    def save(run_dir: Path):
+        path = save_checkpoint(model, Path(opts.save_dir) if opts.save_dir else run_dir / "model", description)
+        print(f"saved {path} (load with quantization.qat.load_checkpoint)")
+
+    linears = None if opts.no_convert else require_all_converted(model, f"QAT {cfg.variant}")
+    return Applied(record={**description, "linears": linears, "train_loss_first": losses[0],
+                           "train_loss_last": losses[-1], "train_history": history}, curves={"finetune": history}, save=save)
 
 
 if __name__ == "__main__":
-    run_main(main)
+    main("quantization", QATOptions, apply, description=__doc__.splitlines()[0])

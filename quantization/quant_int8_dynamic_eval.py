@@ -1,75 +1,61 @@
 """Post-training quantization of every decoder Linear: dynamic int8, weight-only int8 or weight-only int4.
 
 dynamic-int8: int8 weights and int8 activations quantized on the fly. On the CPU by default with torch.ao's
-quantize_dynamic (fbgemm/onednn prepacked kernels: measured 2-3x faster per Linear than torchao's eager int8
-path on torch 2.13 / torchao 0.18, see quantization/README.md), or torchao's quantize_ with --cpu-backend
-torchao; on CUDA always torchao. weight-only-int8/int4: torchao, int4 only on CUDA (tinygemm layout, bfloat16
-activations). No calibration data is needed.
+quantize_dynamic (fbgemm/onednn prepacked kernels, faster per Linear than torchao's eager int8 path: see
+quantization/README.md), or torchao's quantize_ with --cpu-backend torchao; on CUDA always torchao.
+weight-only-int8/int4: torchao, int4 only on CUDA (tinygemm layout, bfloat16 activations). No calibration data.
 
     python quantization/quant_int8_dynamic_eval.py --model tiny-random --tokenizer-dir ../shared/data/biogpt-large \
         --data-dir ../shared/data/pubmedqa --limit 20 --scheme dynamic-int8 --reference results/<fp32 run>
 """
-import sys
-import time
-from importlib.metadata import version
-from pathlib import Path
+from dataclasses import dataclass
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's evaluation/ and quantization/
-
-from evaluation import (build_parser, config_from_args, evaluate_and_log, load_model, prepare, resolve_device,
-                        run_main, weight_bytes)
-from quantization.int8_layers import (DYNAMIC_CPU_BACKENDS, PTQ_SCHEMES, kernel_path, packed_weight_bytes, ptq_config,
-                                     quantize_decoder)
+from evaluation import Applied, Options, UsageError, main, option, require_all_converted
+from quantization.int8_layers import DYNAMIC_CPU_BACKENDS, INT4_GROUP_SIZES, PTQ_SCHEMES, quantize_decoder
 
 
-def make_parser():
-    p = build_parser(__doc__.splitlines()[0])
-    g = p.add_argument_group("quantization")
-    g.add_argument("--scheme", choices=PTQ_SCHEMES, default="dynamic-int8",
-                   help="dynamic-int8: int8 weights + dynamic int8 activations; weight-only-int8/int4: "
-                        "quantized weights, float activations")
-    g.add_argument("--group-size", type=int, choices=[32, 64, 128, 256], default=128,
-                   help="weight-only-int4: input channels sharing one scale/zero point")
-    g.add_argument("--cpu-backend", choices=DYNAMIC_CPU_BACKENDS, default="torch-ao",
-                   help="dynamic-int8 on the CPU: torch.ao quantize_dynamic (deprecated upstream, fast prepacked "
-                        "kernels) or torchao quantize_ (maintained, unfused in eager); ignored on CUDA")
-    return p
+@dataclass(frozen=True)
+class PTQOptions(Options):
+    scheme: str = option("dynamic-int8", "dynamic-int8: int8 weights and dynamic int8 activations; "
+                                         "weight-only-int8/int4: quantized weights, float activations.",
+                         choices=PTQ_SCHEMES)
+    group_size: int | None = option(None, "weight-only-int4: input channels sharing one scale and zero point; 64 "
+                                          "when not given (it divides BioGPT-Large's 1,600 and 6,400).",
+                                    choices=INT4_GROUP_SIZES)
+    cpu_backend: str | None = option(None, "dynamic-int8 on a CPU: torch-ao (quantize_dynamic: deprecated "
+                                           "upstream, fast prepacked kernels; the default) or torchao (quantize_: "
+                                           "maintained, unfused in eager).", choices=DYNAMIC_CPU_BACKENDS)
+
+    def __post_init__(self):
+        if self.group_size is not None and self.scheme != "weight-only-int4":
+            raise UsageError("--group-size applies to --scheme weight-only-int4 only")
+        if self.cpu_backend is not None and self.scheme != "dynamic-int8":
+            raise UsageError("--cpu-backend applies to --scheme dynamic-int8 only")
+        if self.scheme == "weight-only-int4" and self.group_size is None:
+            object.__setattr__(self, "group_size", 64)
+
+    @property
+    def variant(self) -> str:
+        return self.scheme + (f"-g{self.group_size}" if self.group_size else "") + \
+            (f"-{self.cpu_backend}" if self.cpu_backend else "")
+
+    @property
+    def dtype(self) -> str:
+        return "bfloat16" if self.scheme == "weight-only-int4" else "float32"  # tinygemm takes bfloat16 only
+
+    def check_device(self, device):
+        if self.scheme == "weight-only-int4" and device.type != "cuda":
+            raise UsageError(f"--scheme weight-only-int4 is not supported on {device.type}: torchao's int4 "
+                             "weight-only kernels (tinygemm) need CUDA; use --device cuda or another scheme")
+        if self.cpu_backend is not None and device.type == "cuda":
+            raise UsageError("--cpu-backend applies to CPU runs; on CUDA dynamic-int8 is torchao's")
 
 
-def main():
-    args = make_parser().parse_args()
-    device = resolve_device(args.device)
-    # tinygemm's int4 kernel takes bfloat16 activations only; everything else quantizes the float32 model
-    dtype = "bfloat16" if args.scheme == "weight-only-int4" else "float32"
-    backend = args.cpu_backend if device.type == "cpu" and args.scheme == "dynamic-int8" else "torchao"
-    variant = args.scheme + (f"-g{args.group_size}" if args.scheme == "weight-only-int4" else "") + f"-{backend}"
-    cfg = config_from_args(args, technique="quantization", variant=variant, dtype=dtype)
-    ptq_config(args.scheme, device, args.group_size)  # int4 on a CPU fails here, before any loading
-    questions, run_dir = prepare(cfg)
-
-    t0 = time.perf_counter()
-    model, tokenizer = load_model(cfg)
-    load_s = time.perf_counter() - t0
-    float_bytes = weight_bytes(model)
-
-    t0 = time.perf_counter()
-    quantize_decoder(model, args.scheme, device, args.group_size, backend)
-    setup_s = time.perf_counter() - t0
-
-    quantized_bytes = weight_bytes(model) + packed_weight_bytes(model)
-    path = kernel_path(model)
-    print(f"quantized {sum(k['count'] for k in path['decoder_linears'])} decoder Linears with {backend}: "
-          f"{float_bytes / 2**20:.1f} MiB -> {quantized_bytes / 2**20:.1f} MiB; "
-          + "; ".join(f"{k['module']} / {k['weight_tensor']} {k['storage']}" for k in path["decoder_linears"]))
-    evaluate_and_log(cfg, model, tokenizer, questions, run_dir, load_s=load_s, setup_s=setup_s, extra={
-        "quantization": {"scheme": args.scheme, "backend": backend, "group_size": args.group_size
-                         if args.scheme == "weight-only-int4" else None, "kernel_path": path,
-                         "float_weight_bytes": float_bytes, "quantized_weight_bytes": quantized_bytes,
-                         "weight_bytes_ratio": quantized_bytes / float_bytes,
-                         "torch": torch.__version__, "torchao": version("torchao")}})
+def apply(model, tokenizer, cfg, device, questions) -> Applied:
+    opts = cfg.options
+    backend = quantize_decoder(model, opts.scheme, device, opts.group_size, opts.cpu_backend or "torch-ao")
+    return Applied(record={"backend": backend, "linears": require_all_converted(model, f"{opts.scheme} ({backend})")})
 
 
 if __name__ == "__main__":
-    run_main(main)
+    main("quantization", PTQOptions, apply, description=__doc__.splitlines()[0])

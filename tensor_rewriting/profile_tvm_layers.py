@@ -12,28 +12,33 @@ that finishes to check the projection against a whole-model measurement.
         --limit 8 --batch-size 8 --out results/tvm-layers-large-8.json
 """
 import json
-import os
 import statistics
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # this folder's own modules
 
 import torch
 
-from evaluation import PRESETS, UsageError, build_parser, config_from_args, load_test_questions, load_tokenizer, run_main
+from evaluation import (PRESETS, Options, UsageError, load_test_questions, load_tokenizer, option, parse_config,
+                        run_main)
 from evaluation.answering import answer_logits, answer_token_ids
 from evaluation.modeling import random_model
-from hot_path import DEFAULT_BUCKETS, AnswerLogits, StaticForward, score_batches
-from tvm_backend import TVMCompiler, check_indices
+from tensor_rewriting.hot_path import DEFAULT_BUCKETS, AnswerLogits, StaticForward, score_batches
+from tensor_rewriting.tvm_backend import TVMCompiler, check_indices
 
 
-def make_parser():
-    p = build_parser(__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=2, help="timed calls per model and backend, after one warm-up")
-    p.add_argument("--out", default=None, help="write the timings and the projection as JSON here")
-    return p
+@dataclass(frozen=True)
+class ProfileOptions(Options):
+    rounds: int = option(2, "Timed calls per model and backend, after one warm-up.")
+    out: str | None = option(None, "Write the timings and the projection as JSON here.")
+
+    def __post_init__(self):
+        if self.rounds < 1:
+            raise UsageError(f"--rounds must be at least 1, got {self.rounds}")
+
+    @property
+    def variant(self) -> str:
+        return "tvm-layer-profile"
 
 
 def median_seconds(fn, rounds: int) -> float:
@@ -69,12 +74,10 @@ def time_cut(cfg, layers: int, tokenizer, questions, rounds: int) -> dict:
 
 
 def main():
-    args = make_parser().parse_args()
-    cfg = config_from_args(args, technique="tensor_rewriting", variant="tvm-layer-profile", dtype="float32")
+    cfg = parse_config("tensor_rewriting", ProfileOptions, description=__doc__.splitlines()[0])
+    args = cfg.options
     if cfg.model not in PRESETS:
         raise UsageError(f"--model must be a preset ({', '.join(PRESETS)}): the cuts are random-weight models")
-    if args.rounds < 1:
-        raise UsageError(f"--rounds must be at least 1, got {args.rounds}")
     torch.set_grad_enabled(False)
     tokenizer = load_tokenizer(cfg.model, cfg.tokenizer_dir)
     questions = load_test_questions(cfg.data_dir, cfg.limit)[:cfg.batch_size]
