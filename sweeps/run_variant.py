@@ -1,17 +1,14 @@
 """wandb agent entry point: run a technique script with the sweep's flags, expanding a combined `--flags=...`.
 
 A grid sweep can't say "these two values only together" (2:4 pruning only at sparsity 0.5; a torch.compile mode
-only with inductor), so each sweep lists such pairs as one parameter, `flags` ("--strategy=2:4 --sparsity=0.5"),
-which this splits back into separate flags. The repo root goes on PYTHONPATH so the scripts find `evaluation`.
+only with its backend), so each sweep lists a variant's flags as one parameter, `flags` (written from
+evaluation/matrix.py), which this splits back into separate flags.
 
-    python sweeps/run_variant.py pruning/pruning.py "--flags=--strategy=2:4 --sparsity=0.5" --finetune-steps=0
+    python sweeps/run_variant.py pruning/pruning.py "--flags=--strategy 2:4 --sparsity 0.5" --model=tiny-random
 """
 import os
 import shlex
 import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def expand(args: list[str]) -> list[str]:
@@ -23,7 +20,6 @@ def expand(args: list[str]) -> list[str]:
 
 if __name__ == "__main__":
     if len(sys.argv) < 2:
-        sys.exit("usage: python sweeps/run_variant.py SCRIPT [--flags='--a=1 --b=2'] [OTHER FLAGS ...]")
+        sys.exit("usage: python sweeps/run_variant.py SCRIPT [--flags='--a 1 --b 2'] [OTHER FLAGS ...]")
     program, *rest = sys.argv[1:]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    os.execve(sys.executable, [sys.executable, program, *expand(rest)], env)
+    os.execv(sys.executable, [sys.executable, program, *expand(rest)])

@@ -1,0 +1,233 @@
+"""Every variant of every technique in one list, the baseline first, and the one command that runs them.
+
+Each variant runs as its own process (its own peak memory, fresh compiler caches) with the baseline as its
+--reference; a failed command leaves RUN/error.json, a combination known to be broken on this device is not run
+and leaves RUN/error.json with "skipped": true and the reason. The report (evaluation.report) is the table.
+The wandb sweeps in sweeps/ are written from this list (`--write-sweeps`), so adding a variant here is all it takes.
+
+    python -m evaluation.matrix --out results/matrix-tiny -- --model tiny-random \
+        --tokenizer-dir ../shared/data/biogpt-large --data-dir ../shared/data/pubmedqa --limit 20 --wandb disabled
+    python -m evaluation.matrix --technique quantization --out results/quant -- --model biogpt-base-random ...
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import UsageError, run_main
+
+ROOT = Path(__file__).resolve().parents[1]
+PRECISION = "precision_reduction/precision_experiments.py"
+PRUNING = "pruning/pruning.py"
+PTQ = "quantization/quant_int8_dynamic_eval.py"
+QAT = "quantization/qat.py"
+COMPILE = "tensor_rewriting/tensor_experiments.py"
+CUDA_ONLY = "cuda"
+FP8_GPU = "cuda-sm89"
+CPU_ONLY = "cpu"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str                  # its run directory
+    script: str                # relative to the repo root
+    flags: tuple[str, ...] = ()
+    needs: str | None = None   # CUDA_ONLY, FP8_GPU or CPU_ONLY: known broken elsewhere, for `reason`
+    reason: str = ""
+
+    @property
+    def technique(self) -> str:
+        return self.script.split("/")[0]
+
+    def skip_reason(self, device: str) -> str | None:
+        """Why this variant is not run on `device` ("cpu", "cuda" or "cuda-sm89"), or None."""
+        if (self.needs == CUDA_ONLY and device == "cpu" or self.needs == FP8_GPU and device != FP8_GPU
+                or self.needs == CPU_ONLY and device != "cpu"):
+            return f"{self.reason}; this run is on {device}"
+        return None
+
+
+def _variants() -> list[Variant]:
+    v = [Variant("baseline", "baseline/baseline.py")]
+    v += [Variant(f"precision-{p}", PRECISION, ("--precision", p))
+          for p in ("float32", "float16", "bfloat16", "int8", "int4", "float4")]
+    v.append(Variant("precision-fp8", PRECISION, ("--precision", "fp8"), FP8_GPU,
+                     "fp8 matmuls need a CUDA GPU with compute capability >= 8.9 (Ada/Hopper)"))
+    v += [Variant(f"pruning-{s}-{x}", PRUNING, ("--strategy", s, "--sparsity", x))
+          for s in ("unstructured", "structured", "block") for x in ("0.3", "0.5", "0.7")]
+    v.append(Variant("pruning-2of4-0.5", PRUNING, ("--strategy", "2:4", "--sparsity", "0.5", "--dtype", "bfloat16")))
+    v.append(Variant("pruning-unstructured-0.5-finetuned", PRUNING,
+                     ("--strategy", "unstructured", "--sparsity", "0.5", "--finetune-steps", "20")))
+    v += [Variant("quantization-dynamic-int8", PTQ, ("--scheme", "dynamic-int8")),
+          Variant("quantization-dynamic-int8-torchao", PTQ, ("--scheme", "dynamic-int8", "--cpu-backend", "torchao"),
+                  CPU_ONLY, "--cpu-backend picks a CPU kernel path; on CUDA dynamic-int8 is torchao's already"),
+          Variant("quantization-weight-only-int8", PTQ, ("--scheme", "weight-only-int8")),
+          Variant("quantization-weight-only-int4", PTQ, ("--scheme", "weight-only-int4"), CUDA_ONLY,
+                  "torchao's int4 weight-only kernels (tinygemm) need CUDA")]
+    v += [Variant(f"qat-{w}", QAT, ("--weights", w, "--steps", "10")) for w in ("int4", "int8")]
+    v.append(Variant("qat-int4-not-converted", QAT, ("--weights", "int4", "--steps", "10", "--no-convert")))
+    for backend, mode in (("eager", "default"), ("aot_eager", "default"), ("inductor", "default"),
+                          ("inductor", "reduce-overhead"), ("inductor", "max-autotune"), ("cudagraphs", "default"),
+                          ("tvm", "default"), ("tvm", "ansor")):
+        cuda = backend == "cudagraphs"
+        v.append(Variant(f"tensor-{backend}-{mode}", COMPILE, ("--backend", backend, "--mode", mode),
+                         CUDA_ONLY if cuda else None, "CUDA graphs exist on CUDA only" if cuda else ""))
+    return v
+
+
+VARIANTS = _variants()
+TECHNIQUES = sorted({v.technique for v in VARIANTS})
+
+
+def select(techniques: list[str] | None, only: str | None) -> list[Variant]:
+    """The baseline (always: it is every run's reference), then the variants of these techniques / this regex."""
+    chosen = [v for v in VARIANTS[1:] if (not techniques or v.technique in techniques)
+              and (not only or re.search(only, v.name))]
+    return VARIANTS[:1] + chosen
+
+
+def device_kind(common: list[str]) -> str:
+    """Where the scripts will run: their own --device, else CUDA when present; fp8-capable GPUs apart."""
+    asked = next((common[i + 1] for i, a in enumerate(common[:-1]) if a == "--device"),
+                 next((a.split("=", 1)[1] for a in common if a.startswith("--device=")), "auto"))
+    if asked == "cpu":
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    return FP8_GPU if torch.cuda.get_device_capability() >= (8, 9) else "cuda"
+
+
+def write_error(run_dir: Path, record: dict) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "error.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def run_variant(v: Variant, out: Path, common: list[str], reference: Path | None) -> dict:
+    """One process; its stderr goes to the terminal and its last 40 lines into error.json on failure."""
+    cmd = [sys.executable, v.script, *v.flags, *common, "--output-dir", str(out), "--run-name", v.name]
+    cmd += ["--reference", str(reference)] if reference else []
+    print(f"\n=== {v.name}: {shlex.join(cmd)}", flush=True)
+    tail: collections.deque = collections.deque(maxlen=40)
+    with subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True, errors="replace") as proc:
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            tail.append(line.rstrip("\n").split("\r")[-1])  # progress-bar redraws collapsed
+    if proc.returncode == 0:
+        return {"name": v.name, "status": "ok"}
+    record = {"command": shlex.join(cmd), "returncode": proc.returncode,
+              "stderr_tail": "\n".join(x for x in tail if x.strip())}
+    write_error(out / v.name, record)
+    print(f"=== {v.name} FAILED (exit {proc.returncode}); recorded in {out / v.name / 'error.json'}", flush=True)
+    return {"name": v.name, "status": "failed", "returncode": proc.returncode}
+
+
+def run_matrix(variants: list[Variant], out: Path, common: list[str], resume: bool = False) -> list[dict]:
+    device = device_kind(common)
+    print(f"matrix: {len(variants)} variant(s) on {device}, results in {out}, common options: {shlex.join(common)}")
+    outcomes, reference = [], None
+    for v in variants:
+        run_dir = out / v.name
+        (run_dir / "error.json").unlink(missing_ok=True)  # a previous attempt's failure is not this one's
+        why = v.skip_reason(device)
+        if resume and (run_dir / "results.json").is_file():
+            outcome = {"name": v.name, "status": "kept"}
+        elif why:
+            write_error(run_dir, {"command": shlex.join([v.script, *v.flags, *common]), "returncode": None,
+                                  "skipped": True, "reason": why})
+            print(f"\n=== {v.name} SKIPPED (known broken here): {why}")
+            outcome = {"name": v.name, "status": "skipped", "reason": why}
+        else:
+            outcome = run_variant(v, out, common, reference)
+        if v.name == "baseline" and (run_dir / "results.json").is_file():
+            reference = run_dir
+        outcomes.append(outcome)
+    return outcomes
+
+
+def sweep_yaml(script: str) -> str:
+    """A wandb grid sweep over this script's variants: each variant's flags are one value of `flags`, which
+    sweeps/run_variant.py splits back into separate flags (a grid over single flags would make invalid pairs)."""
+    flags = [shlex.join(v.flags) for v in VARIANTS if v.script == script]
+    name = Path(script).stem
+    lines = ["# Written by `python -m evaluation.matrix --write-sweeps` from evaluation/matrix.py: edit the list there.",
+             f"#   wandb sweep sweeps/{name}.yaml   # once: prints ENTITY/PROJECT/SWEEP_ID",
+             "#   wandb agent ENTITY/biogpt-pubmedqa/SWEEP_ID   # on each GPU machine, from the repo root",
+             "# Each machine first needs its own reference run:",
+             "#   python baseline/baseline.py --model biogpt-large-random --run-name baseline-biogpt-large-random",
+             f"name: {name}", "project: biogpt-pubmedqa", f"program: {script}", "method: grid",
+             "metric: {name: throughput_qps, goal: maximize}", "parameters:", "  flags:", "    values:"]
+    lines += [f'      - "{f}"' for f in flags]
+    lines += ["  model: {value: biogpt-large-random}", "  reference: {value: results/baseline-biogpt-large-random}",
+              "  wandb: {value: online}", "command:", "  - ${env}", "  - ${interpreter}", "  - sweeps/run_variant.py",
+              "  - ${program}", "  - ${args}"]
+    return "\n".join(lines) + "\n"
+
+
+def sweep_scripts() -> list[str]:
+    return sorted({v.script for v in VARIANTS[1:]})
+
+
+def write_sweeps(directory: Path = ROOT / "sweeps") -> list[Path]:
+    paths = []
+    for script in sweep_scripts():
+        path = directory / f"{Path(script).stem}.yaml"
+        path.write_text(sweep_yaml(script))
+        paths.append(path)
+    return paths
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                usage="python -m evaluation.matrix [options] -- [options for every script]")
+    p.add_argument("--out", default=None, help="Where the runs and the report go (default: results/matrix-DATE).")
+    p.add_argument("--technique", nargs="+", choices=TECHNIQUES, default=None,
+                   help="Run only these techniques' variants (the baseline always runs first).")
+    p.add_argument("--only", default=None, help="Run only the variants whose name matches this regular expression.")
+    p.add_argument("--resume", action="store_true", help="Keep every run that already has a results.json in OUT.")
+    p.add_argument("--list", action="store_true", help="Print the variants with their flags and exit.")
+    p.add_argument("--write-sweeps", action="store_true", help="Rewrite sweeps/*.yaml from this list and exit.")
+    return p
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
+    args, common = make_parser().parse_args(argv[:split]), argv[split + 1:]
+    if args.write_sweeps:
+        print("\n".join(f"wrote {p}" for p in write_sweeps()))
+        return
+    clash = [a for a in common if a.split("=")[0] in ("--output-dir", "--run-name", "--reference")]
+    if clash:
+        raise UsageError(f"{', '.join(clash)}: the matrix sets these itself (results go to --out)")
+    variants = select(args.technique, args.only)
+    if args.list:
+        print("\n".join(f"{v.name:40s} {v.script} {shlex.join(v.flags)}"
+                        + (f"  [needs {v.needs}: {v.reason}]" if v.needs else "") for v in variants))
+        return
+    out = Path(args.out or f"results/matrix-{time.strftime('%Y%m%d-%H%M%S')}")
+    outcomes = run_matrix(variants, out, common, args.resume)
+    from .report import build_report
+
+    report = build_report([out], out)
+    failed = [o for o in outcomes if o["status"] == "failed"]
+    print(f"\nmatrix: {sum(o['status'] in ('ok', 'kept') for o in outcomes)} run(s) ok, {len(failed)} failed, "
+          f"{sum(o['status'] == 'skipped' for o in outcomes)} skipped as known broken; report: {report['report']}")
+    for o in outcomes:
+        if o["status"] in ("failed", "skipped"):
+            print(f"  {o['status']}: {o['name']}" + (f" ({o['reason']})" if o.get("reason") else ""))
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    run_main(main)
