@@ -59,7 +59,7 @@ def question_set(run_dir: Path, results: dict) -> str:
 
 
 def row_from_results(run_dir: Path, results: dict) -> dict:
-    cfg, env, model, m = (results.get(k) or {} for k in ("config", "environment", "model", "metrics"))
+    cfg, run, env, model, m = (results.get(k) or {} for k in ("config", "run", "environment", "model", "metrics"))
     tele = m.get("telemetry") or {}
     on_gpu = env.get("device_type") == "cuda"
     peak, source = ((m.get("torch_peak_allocated_mib"), "GPU allocated") if on_gpu
@@ -72,7 +72,7 @@ def row_from_results(run_dir: Path, results: dict) -> dict:
         "technique": cfg.get("technique") or "unknown", "variant": cfg.get("variant") or "?",
         "dtype": cfg.get("dtype"), "decode": cfg.get("decode"), "batch_size": cfg.get("batch_size"),
         "model": Path(str(cfg.get("model") or "?").rstrip("/")).name,
-        "weights": model.get("weights") or cfg.get("weights") or "unknown",
+        "weights": run.get("weights") or model.get("weights") or "unknown",
         "device_type": env.get("device_type") or "unknown", "device_name": env.get("device_name") or "unknown",
         "date": env.get("date"), "n": m.get("n"), "question_set": question_set(run_dir, results),
         "accuracy": m.get("accuracy"), "macro_f1": m.get("macro_f1"),
@@ -81,7 +81,7 @@ def row_from_results(run_dir: Path, results: dict) -> dict:
         "p50_ms": dig(m, "latency_question_ms", "p50"), "p99_ms": dig(m, "latency_question_ms", "p99"),
         "qps": m.get("throughput_qps"), "peak_mib": peak, "peak_source": source,
         "energy_j_per_q": energy, "energy_note": energy_note,
-        "weight_bytes": model.get("weight_bytes"), "setup_s": m.get("setup_s"),
+        "footprint_bytes": model.get("footprint_bytes"), "setup_s": m.get("setup_s"),
     }
 
 
@@ -165,7 +165,7 @@ def fmt_small(x):
 
 COLUMNS = ["group", "#", "technique", "variant", "dtype", "device", "weights", "n", "accuracy", "macro-F1",
            "agreement %", "mean KL", "p50 ms/q", "p99 ms/q", "q/s", "speedup", "peak MiB", "mem ratio",
-           "J/q", "weight MiB", "run"]
+           "J/q", "footprint MiB", "run"]
 
 
 def table_cells(r: dict, referenced: set[tuple]) -> list[str]:
@@ -180,7 +180,7 @@ def table_cells(r: dict, referenced: set[tuple]) -> list[str]:
             f"{r['device_type']}: {r['device_name']}", r["weights"], fmt(r["n"]), score(r["accuracy"]), score(r["macro_f1"]), agreement,
             fmt_small(r["mean_kl"]), fmt(r["p50_ms"], 2), fmt(r["p99_ms"], 2), fmt(r["qps"], 1),
             fmt(r["speedup"], 2, "×"), peak, fmt(r["mem_ratio"], 2, "×"), fmt(r["energy_j_per_q"], 3),
-            fmt(r["weight_bytes"] / 2**20 if r["weight_bytes"] is not None else None, 1), f"`{r['run']}`"]
+            fmt(r["footprint_bytes"] / 2**20 if r["footprint_bytes"] is not None else None, 1), f"`{r['run']}`"]
 
 
 def md_table(header: list[str], body: list[list[str]]) -> str:

@@ -78,3 +78,18 @@ def base_args(tokenizer_dir, data_dir, tmp_path):
     """Common CLI args for a fast, offline tiny-random run writing into a temporary results dir."""
     return ["--model", "tiny-random", "--tokenizer-dir", tokenizer_dir, "--data-dir", data_dir,
             "--limit", "6", "--batch-size", "4", "--wandb", "disabled", "--output-dir", str(tmp_path / "results")]
+
+
+def run_script(module: str, argv: list[str]) -> int:
+    """`python <script> ARGV` in this process (no interpreter start-up per run): the script's exit code.
+    `module` is the script as a module path, e.g. "pruning.pruning"."""
+    import runpy
+    import sys
+    from unittest import mock
+
+    with mock.patch.object(sys, "argv", [module.replace(".", "/") + ".py", *argv]):
+        try:
+            runpy.run_module(module, run_name="__main__", alter_sys=False)
+        except SystemExit as e:
+            return e.code if isinstance(e.code, int) else 1
+    return 0

@@ -13,6 +13,19 @@ from evaluation import RunConfig, evaluate, load_model, load_test_questions
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def wandb_log(root: Path, *needles: bytes, timeout_s: float = 60) -> bytes:
+    """The offline run's .wandb log once it holds every needle: wandb's service may still be flushing it
+    for a moment after run.finish() returns on a busy machine."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        log = next(root.glob("offline-run-*/*.wandb")).read_bytes()
+        if all(n in log for n in needles) or time.monotonic() > deadline:
+            return log
+        time.sleep(0.5)
+
+
 def run_baseline(args, env=None, **kwargs):
     return subprocess.run([sys.executable, "baseline/baseline.py", *args], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=600, **kwargs)
@@ -21,7 +34,7 @@ def run_baseline(args, env=None, **kwargs):
 @pytest.fixture(scope="module")
 def tiny(tokenizer_dir):
     cfg = RunConfig(model="tiny-random", tokenizer_dir=tokenizer_dir, device="cpu")
-    return load_model(cfg)
+    return load_model(cfg, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("decode", ["score", "generate"])
@@ -70,16 +83,17 @@ def baseline_run(tokenizer_dir, data_dir, tmp_path_factory):
 def test_results_files_written(baseline_run, data_dir):
     run_dir, _ = baseline_run
     results = json.loads((run_dir / "results.json").read_text())
-    assert set(results) == {"config", "environment", "model", "metrics"}
+    assert set(results) == {"config", "run", "environment", "model", "metrics", "technique"}
     cfg, metrics = results["config"], results["metrics"]
-    assert cfg["weights"] == "random" and cfg["technique"] == "baseline" and cfg["prompt_form"] == "plain"
+    assert cfg["technique"] == "baseline" and cfg["variant"] == "fp32-eager" and cfg["options"] == {}
+    assert results["run"] == {"run_name": "base", "device": "cpu", "weights": "random", "prompt_form": "plain"}
     assert metrics["n"] == 12 and metrics["timed_passes"] >= 1
     for key in ("p50", "p90", "p99", "mean", "stdev"):
         assert metrics["latency_question_ms"][key] > 0
     assert metrics["throughput_qps"] > 0 and metrics["cold_pass_s"] > 0 and metrics["load_s"] > 0
     assert metrics["telemetry"]["nvml_error"] and metrics["telemetry"]["rss_peak_mib"] > 0
     assert results["environment"]["torch"] == torch.__version__
-    assert results["model"]["weight_bytes"] == 4 * results["model"]["parameters"]
+    assert results["model"]["footprint_bytes"] == 4 * results["model"]["parameters"]
     predictions = json.loads((run_dir / "predictions.json").read_text())
     assert list(predictions) == [q.pmid for q in load_test_questions(data_dir, 12)]
     assert set(predictions.values()) <= {"yes", "no", "maybe"}
@@ -112,8 +126,9 @@ def test_offline_wandb_run_written_and_read_back(baseline_run):
     predictions = json.loads((run_dir / "predictions.json").read_text())
     assert [row[col] for row in table["data"]] == list(predictions.values())
     # the run log holds the tags, config and summary keys
-    log = next(offline[0].glob("*.wandb")).read_bytes()
-    for needle in (b"weights: random", b"macro_f1", b"latency_question_ms", b"biogpt-pubmedqa"):
+    needles = (b"weights: random", b"macro_f1", b"latency_question_ms", b"biogpt-pubmedqa")
+    log = wandb_log(run_dir.parent / "wandb", *needles)
+    for needle in needles:
         assert needle in log, needle
 
 
@@ -156,17 +171,19 @@ def test_saved_random_preset_reloads_marked_random(tiny, tmp_path):
     model, tok = tiny
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    cfg = RunConfig(model=str(tmp_path), device="cpu")
-    load_model(cfg)
-    assert cfg.weights == "random"
+    from evaluation.modeling import weights_kind
+
+    reloaded, _ = load_model(RunConfig(model=str(tmp_path), device="cpu"), torch.device("cpu"))
+    assert weights_kind(reloaded) == "random"
 
 
 def test_training_curve_logged_as_wandb_history(tmp_path):
     from evaluation.tracking import Tracker
 
     cfg = RunConfig(model="tiny-random", wandb="offline", run_name="curve", output_dir=str(tmp_path))
-    tracker = Tracker(cfg, tmp_path / "curve")
+    tracker = Tracker(cfg, {"config": cfg.to_dict(), "run": {"run_name": "curve", "weights": "random"}},
+                      tmp_path / "curve")
     tracker.curve("finetune", [{"step": i, "train_loss": 3.0 - i, "learning_rate": 1e-5} for i in range(3)])
     tracker.finish()
-    log = next((tmp_path / "wandb").glob("offline-run-*/*.wandb")).read_bytes()
+    log = wandb_log(tmp_path / "wandb", b"finetune/train_loss", b"finetune/step")
     assert b"finetune/train_loss" in log and b"finetune/step" in log

@@ -3,17 +3,17 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
 
+from conftest import run_script
+from precision_reduction.precision_experiments import PrecisionOptions
+from precision_reduction.precisions import saved_preset
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "precision_reduction" / "precision_experiments.py"
-sys.path.insert(0, str(ROOT))
-
-from precision_reduction import precision_experiments  # noqa: E402
-from precision_reduction.precisions import saved_preset  # noqa: E402
+MODULE = "precision_reduction.precision_experiments"
 
 CPU_PRECISIONS = ["float32", "float16", "bfloat16", "int8", "int4", "float4"]
 # 16-bit casts of the tiny model move its yes/no/maybe logits by ~1e-3: at most 1 of 6 predictions may flip.
@@ -29,38 +29,46 @@ def runs(tokenizer_dir, data_dir, tmp_path_factory):
               "--batch-size", "4", "--wandb", "disabled", "--output-dir", str(out)]
     results = {}
     for p in CPU_PRECISIONS:
-        argv = common + ["--precision", p, "--run-name", p, "--int8-threshold", "5.5", "--double-quant"]
+        argv = common + ["--precision", p, "--run-name", p]
+        argv += {"int8": ["--int8-threshold", "5.5"], "int4": ["--double-quant"], "float4": ["--double-quant"]}.get(p, [])
         if p != "float32":
             argv += ["--reference", str(out / "float32")]
-        with mock.patch.object(sys, "argv", [str(SCRIPT)] + argv):
-            precision_experiments.main()
+        assert run_script(MODULE, argv) == 0, p
         results[p] = json.loads((out / p / "results.json").read_text())
     return results
 
 
 @pytest.mark.parametrize("precision", CPU_PRECISIONS)
 def test_each_cpu_precision_writes_results(runs, precision):
-    m = runs[precision]["metrics"]
-    assert m["precision"] == precision and m["n"] == 6
-    assert runs[precision]["config"]["options"]["precision"] == precision
-    assert m["weight_bytes_measured"] > 0 and m["bytes_per_parameter"] > 0
+    r = runs[precision]
+    assert r["config"]["options"]["precision"] == precision and r["config"]["variant"] == precision
+    assert r["metrics"]["n"] == 6 and r["model"]["footprint_bytes"] > 0 and r["model"]["bytes_per_parameter"] > 0
 
 
 def test_footprint_ordering(runs):
-    size = {p: r["metrics"]["weight_bytes_measured"] for p, r in runs.items()}
+    size = {p: r["model"]["footprint_bytes"] for p, r in runs.items()}
     assert size["int4"] < size["int8"] < size["float16"] < size["float32"]
     assert size["float4"] < size["int8"] and size["bfloat16"] == size["float16"]
-    assert runs["float32"]["metrics"]["bytes_per_parameter"] == pytest.approx(4.0)
-    assert runs["int4"]["metrics"]["quant_state_bytes"] > 0  # absmax scales are counted
+    assert runs["float32"]["model"]["bytes_per_parameter"] == pytest.approx(4.0)
+    # 4-bit weights count their absmax scales: more than half a byte per weight, less than one
+    assert 0.5 < runs["int4"]["model"]["bytes_per_parameter"] < 2.5
 
 
-def test_options_recorded(runs):
-    assert runs["int8"]["metrics"]["int8_threshold"] == 5.5
-    assert runs["int8"]["metrics"]["compute_dtype"] == "bfloat16"
-    assert runs["int4"]["metrics"]["double_quant"] is True and runs["int4"]["metrics"]["bnb_quant_type"] == "nf4"
-    assert runs["float4"]["metrics"]["bnb_quant_type"] == "fp4"
-    assert runs["float16"]["metrics"]["int8_threshold"] is None
-    assert all(r["model"]["weights"] == "random" for r in runs.values())
+def test_options_recorded_only_where_used(runs):
+    options = {p: r["config"]["options"] for p, r in runs.items()}
+    assert options["int8"]["int8_threshold"] == 5.5 and options["int8"]["compute_dtype"] == "bfloat16"
+    assert options["int4"]["double_quant"] is True and options["int4"]["int8_threshold"] is None
+    assert options["float32"]["compute_dtype"] is None and options["float16"]["int8_threshold"] is None
+    assert runs["float32"]["config"]["dtype"] == "float32" and runs["int4"]["config"]["dtype"] == "bfloat16"
+    assert all(r["run"]["weights"] == "random" for r in runs.values())
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4", "float4"])
+def test_bitsandbytes_converts_every_decoder_linear(runs, precision):
+    linears = runs[precision]["technique"]["linears"]
+    assert linears["converted"] == linears["decoder_linears"] == 12
+    assert runs[precision]["technique"]["quantized_while_loading"] is True
+    assert runs[precision]["metrics"]["setup_s"] > 0  # the quantizing load is the technique's own step
 
 
 @pytest.mark.parametrize("precision", ["float16", "bfloat16"])
@@ -95,19 +103,24 @@ def test_fp8_on_cpu_is_a_clear_error(tokenizer_dir, data_dir, tmp_path):
     assert not (tmp_path / "out").exists()  # refused before any output was written
 
 
-def test_unknown_precision_rejected_with_choices(capsys):
-    with pytest.raises(SystemExit) as e:
-        precision_experiments.make_parser().parse_args(["--precision", "int3"])
-    assert e.value.code == 2
+def test_unknown_precision_rejected_with_choices(tokenizer_dir, data_dir, tmp_path, capsys):
+    assert run_script(MODULE, ["--precision", "int3"]) == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'int3'" in err
     assert all(p in err for p in ["float32", "float16", "bfloat16", "int8", "int4", "float4", "fp8"])
 
 
-def test_negative_int8_threshold_rejected(tokenizer_dir, data_dir, tmp_path):
-    argv = [str(SCRIPT), "--model", "tiny-random", "--tokenizer-dir", tokenizer_dir, "--data-dir", data_dir,
-            "--wandb", "disabled", "--output-dir", str(tmp_path), "--precision", "int8", "--int8-threshold", "-1"]
-    with mock.patch.object(sys, "argv", argv), pytest.raises(SystemExit) as e:
-        from evaluation import run_main
-        run_main(precision_experiments.main)
-    assert e.value.code == 2
+@pytest.mark.parametrize("argv, message", [
+    (["--precision", "int8", "--int8-threshold", "-1"], "--int8-threshold must be >= 0"),
+    (["--precision", "float16", "--compute-dtype", "bfloat16"], "--compute-dtype applies to quantized"),
+    (["--precision", "bfloat16", "--double-quant"], "--double-quant applies to"),
+])
+def test_bad_or_unused_options_refused(argv, message, capsys):
+    assert run_script(MODULE, argv) == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_options_dataclass_fills_defaults_where_used():
+    assert PrecisionOptions(precision="int8").int8_threshold == 6.0
+    assert PrecisionOptions(precision="int4").compute_dtype == "bfloat16"
+    assert PrecisionOptions(precision="float32").compute_dtype is None

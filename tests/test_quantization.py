@@ -1,37 +1,21 @@
 """quantization/: PTQ Linears really are int8 and smaller; QAT trains, converts, saves, evaluates; bad input exits 2."""
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import make_synthetic_pubmedqa
+from conftest import make_synthetic_pubmedqa, run_script
+from evaluation import (RunConfig, UsageError, decoder_linears, evaluate, footprint_bytes, linear_conversion,
+                        load_test_questions, load_tokenizer, load_train_questions, require_all_converted)
+from evaluation.modeling import random_model
+from quantization import qat
+from quantization.int8_layers import quantize_decoder
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"quantization_{name}", ROOT / "quantization" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # puts this checkout's root first on sys.path
-    return module
-
-
-ptq = load_script("quant_int8_dynamic_eval")
-qat = load_script("qat")
-from quantization.int8_layers import decoder_linears, kernel_path, packed_weight_bytes, quantize_decoder  # noqa: E402
-
-from evaluation import (RunConfig, evaluate, load_test_questions, load_tokenizer, load_train_questions,  # noqa: E402
-                        weight_bytes)
-from evaluation.modeling import random_model  # noqa: E402
-
-
-def run_main(module, argv, monkeypatch):
-    monkeypatch.setattr(sys, "argv", [module.__file__, *argv])
-    module.run_main(module.main)
+PTQ = "quantization.quant_int8_dynamic_eval"
+QAT = "quantization.qat"
 
 
 def tiny_model():
@@ -41,55 +25,89 @@ def tiny_model():
 @pytest.mark.parametrize("backend", ["torchao", "torch-ao"])
 def test_dynamic_int8_linears_are_int8_and_smaller(backend):
     model = tiny_model()
-    before = weight_bytes(model.biogpt.layers)
+    before = footprint_bytes(model)
     x = torch.randint(4, 1000, (2, 16))
     with torch.inference_mode():
         reference = model(x).logits
     quantize_decoder(model, "dynamic-int8", torch.device("cpu"), cpu_backend=backend)
     linears = decoder_linears(model)
     assert len(linears) == 2 * 6  # q, k, v, out, fc1, fc2 in each of the 2 layers
-    for _, m in linears:
+    for m in linears.values():
         if backend == "torchao":
             assert type(m.weight).__name__ == "Int8Tensor" and m.weight.qdata.dtype == torch.int8
             assert m.weight.act_quant_kwargs is not None  # activations are quantized too, not weight-only
         else:
             assert isinstance(m, torch.ao.nn.quantized.dynamic.Linear) and m.weight().dtype == torch.qint8
     assert model.output_projection.weight.dtype == torch.float32  # the tied LM head stays float
-    after = weight_bytes(model.biogpt.layers) + packed_weight_bytes(model)
-    assert after < 0.35 * before  # int8 instead of float32, plus scales
+    linear_weights = sum(m.in_features * m.out_features for m in linears.values())
+    # int8 instead of float32 for the decoder weights: 3 bytes saved per weight, less the per-row scales added
+    # (torch.ao: float64 scale and int64 zero point per output channel, 18 KiB on this tiny model)
+    assert 2.5 * linear_weights < before - footprint_bytes(model) < 3 * linear_weights
     with torch.inference_mode():
         out = model(x).logits
     assert (out - reference).abs().max() < 0.5 and not torch.equal(out, reference)
-    assert kernel_path(model)["decoder_linears"][0]["count"] == 12
+    assert linear_conversion(model)["converted"] == 12
+
+
+def test_dynamic_int8_footprint_counts_the_packed_tensors_own_bytes():
+    """torch.ao keeps int8 weights in packed params, which are neither parameters nor buffers."""
+    model = tiny_model()
+    quantize_decoder(model, "dynamic-int8", torch.device("cpu"), cpu_backend="torch-ao")
+    packed = 0
+    for m in decoder_linears(model).values():
+        w, b = m._weight_bias()
+        packed += (w.int_repr().nbytes + w.q_per_channel_scales().nbytes + w.q_per_channel_zero_points().nbytes
+                   + b.nbytes)
+    rest = sum(t.nbytes for t in list(model.parameters()) + list(model.buffers()))  # embeddings, norms (tied once)
+    assert packed > 0 and footprint_bytes(model) == rest + packed
+
+
+def test_a_scheme_that_skips_layers_is_refused():
+    model = tiny_model()
+    quantize_decoder(model, "weight-only-int8", torch.device("cpu"))
+    assert require_all_converted(model, "weight-only-int8")["converted"] == 12
+    layer = model.biogpt.layers[0]
+    layer.fc1 = torch.nn.Linear(layer.fc1.in_features, layer.fc1.out_features)  # one Linear left in float
+    assert linear_conversion(model)["converted"] == 11
+    with pytest.raises(UsageError, match="converted only 11 of 12 decoder Linears"):
+        require_all_converted(model, "weight-only-int8")
 
 
 def test_weight_only_int8_keeps_float_activations():
     model = tiny_model()
     quantize_decoder(model, "weight-only-int8", torch.device("cpu"))
-    w = decoder_linears(model)[0][1].weight
+    w = next(iter(decoder_linears(model).values())).weight
     assert type(w).__name__ == "Int8Tensor" and w.qdata.dtype == torch.int8 and w.act_quant_kwargs is None
 
 
-def test_ptq_script_writes_results_with_kernel_path(base_args, tmp_path, monkeypatch):
-    run_main(ptq, [*base_args, "--run-name", "dyn"], monkeypatch)
+def test_ptq_script_writes_results_with_conversion_record(base_args, tmp_path):
+    assert run_script(PTQ, [*base_args, "--run-name", "dyn"]) == 0
     run = tmp_path / "results" / "dyn"
     results = json.loads((run / "results.json").read_text())
-    q = results["metrics"]["quantization"]
-    assert q["scheme"] == "dynamic-int8" and q["backend"] == "torch-ao"  # the CPU default
-    kind = q["kernel_path"]["decoder_linears"][0]
-    assert kind["module"].startswith("torch.ao.nn.quantized.dynamic") and kind["storage"] == {"weight": "torch.qint8"}
-    assert q["quantized_weight_bytes"] < q["float_weight_bytes"]
+    assert results["config"]["options"] == {"scheme": "dynamic-int8", "group_size": None, "cpu_backend": None}
+    t = results["technique"]
+    assert t["backend"] == "torch-ao"  # the CPU default
+    assert t["linears"]["converted"] == t["linears"]["decoder_linears"] == 12
+    assert list(t["linears"]["kinds"]) == ["torch.ao.nn.quantized.dynamic.modules.linear.Linear / Tensor"]
+    assert results["model"]["bytes_per_parameter"] < 4
     assert len(json.loads((run / "predictions.json").read_text())) == 6
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--scheme", "int3"], "invalid choice"),
     (["--scheme", "weight-only-int4", "--device", "cpu"], "weight-only-int4 is not supported on cpu"),
+    (["--scheme", "dynamic-int8", "--group-size", "64"], "--group-size applies to --scheme weight-only-int4 only"),
 ])
-def test_ptq_bad_scheme_is_a_clear_error(argv, message, base_args, monkeypatch, capsys):
-    with pytest.raises(SystemExit) as e:
-        run_main(ptq, [*base_args, *argv], monkeypatch)
-    assert e.value.code == 2 and message in capsys.readouterr().err
+def test_ptq_bad_scheme_is_a_clear_error(argv, message, base_args, capsys):
+    assert run_script(PTQ, [*base_args, *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_int4_default_group_size_divides_biogpt_large():
+    from quantization.quant_int8_dynamic_eval import PTQOptions
+
+    g = PTQOptions(scheme="weight-only-int4").group_size
+    assert 1600 % g == 0 and 6400 % g == 0
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -98,10 +116,9 @@ def test_ptq_bad_scheme_is_a_clear_error(argv, message, base_args, monkeypatch, 
     (["--weights", "int2"], "invalid choice"),
     (["--bf16-autocast", "--device", "cpu"], "CUDA option"),
 ])
-def test_qat_bad_input_is_a_clear_error(argv, message, base_args, monkeypatch, capsys):
-    with pytest.raises(SystemExit) as e:
-        run_main(qat, [*base_args, *argv], monkeypatch)
-    assert e.value.code == 2 and message in capsys.readouterr().err
+def test_qat_bad_input_is_a_clear_error(argv, message, base_args, capsys):
+    assert run_script(QAT, [*base_args, *argv]) == 2
+    assert message in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -112,34 +129,39 @@ def short_data(tmp_path):
 
 
 def test_qat_trains_converts_saves_and_never_sees_test_pmids(tokenizer_dir, short_data, tmp_path, monkeypatch):
+    import evaluation.finetune
+
     seen = {}
-    real_finetune = qat.finetune
+    real_finetune = evaluation.finetune.finetune
 
     def spy(model, tokenizer, train, **kwargs):
         seen["train"], seen["test_pmids"] = {q.pmid for q in train}, kwargs["test_pmids"]
         return real_finetune(model, tokenizer, train, **kwargs)
 
-    monkeypatch.setattr(qat, "finetune", spy)
+    monkeypatch.setattr(evaluation.finetune, "finetune", spy)  # the script imports it when it runs
     argv = ["--model", "tiny-random", "--tokenizer-dir", tokenizer_dir, "--data-dir", short_data, "--limit", "6",
             "--batch-size", "4", "--wandb", "disabled", "--output-dir", str(tmp_path / "results"),
             "--run-name", "qat", "--steps", "6", "--lr", "1e-3", "--train-batch-size", "4", "--weights", "int4"]
-    run_main(qat, argv, monkeypatch)
+    assert run_script(QAT, argv) == 0
 
     all_test = {q.pmid for q in load_test_questions(short_data)}
     assert seen["test_pmids"] == all_test  # every test PMID, not only the --limit ones
     assert seen["train"] == {q.pmid for q in load_train_questions(short_data)} and not seen["train"] & all_test
 
     run = tmp_path / "results" / "qat"
-    q = json.loads((run / "results.json").read_text())["metrics"]["quantization"]
+    results = json.loads((run / "results.json").read_text())
+    q = results["technique"]
+    assert results["config"]["options"]["weights"] == "int4" and results["run"]["weights"] == "random"
+    assert results["config"]["variant"] == "qat-da8w4-g32"
     losses = [h["train_loss"] for h in q["train_history"]]
     assert len(losses) == 6 and losses[-1] < losses[0] - 0.5
-    assert q["converted"] and q["kernel_path"]["decoder_linears"][0]["weight_tensor"] == "IntxUnpackedToInt8Tensor"
-    assert q["quantized_weight_bytes"] < q["float_weight_bytes"]
+    assert q["converted"] and q["linears"]["converted"] == 12
+    assert list(q["linears"]["kinds"]) == ["torch.nn.modules.linear.Linear / IntxUnpackedToInt8Tensor"]
     assert len(json.loads((run / "predictions.json").read_text())) == 6
 
     # the safetensors checkpoint loads back (no pickle) into the same int4 model
     model = qat.load_checkpoint(run / "model")
-    w = decoder_linears(model)[0][1].weight
+    w = next(iter(decoder_linears(model).values())).weight
     assert type(w).__name__ == "IntxUnpackedToInt8Tensor" and w.qdata.abs().max() <= 8  # int4 range
     assert model.output_projection.weight is model.biogpt.embed_tokens.weight
     cfg = RunConfig(limit=6, batch_size=4)
