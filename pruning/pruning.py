@@ -81,12 +81,14 @@ def recover(model, tokenizer, cfg) -> tuple[dict, list[dict]]:
     history = finetune(model, tokenizer, train, steps=opts.finetune_steps, test_pmids=test_pmids,
                        batch_size=opts.finetune_batch_size, lr=opts.finetune_lr, seed=cfg.seed, bf16_autocast=on_gpu)
     model.to(dtype)
-    return {"finetune_questions": len(train)}, history
+    return {"finetune_questions": len(train),
+            "finetune_test_pmids_seen": len(test_pmids & {q.pmid for q in train})}, history
 
 
 def apply(model, tokenizer, cfg, device, questions) -> Applied:
     opts = cfg.options
-    if opts.save_dir and cfg.run_name and Path(opts.save_dir).resolve() == (Path(cfg.output_dir) / cfg.run_name).resolve():
+    run_dir = Path(cfg.output_dir) / (cfg.run_name or "")
+    if opts.save_dir and cfg.run_name and Path(opts.save_dir).resolve() == run_dir.resolve():
         raise UsageError(f"--save-dir {opts.save_dir} is the run's results directory; pick another")
     original = sparsify.weight_counts(model)
     record, history = prune(model, opts), None

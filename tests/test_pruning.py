@@ -1,7 +1,5 @@
 """Pruning: measured sparsity, shrinking and reloading, the 2:4 pattern, test-set isolation, bad input."""
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,16 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "pruning")]  # this checkout's evaluation package and pruning folder
-import sparsify  # noqa: E402
-from evaluation import UsageError  # noqa: E402
-from evaluation.finetune import finetune  # noqa: E402
-from evaluation.modeling import random_model  # noqa: E402
-from conftest import make_synthetic_pubmedqa  # noqa: E402
+from conftest import make_synthetic_pubmedqa, run_script
+from evaluation import UsageError, decoder_linears
+from evaluation.finetune import finetune
+from evaluation.modeling import random_model
+from pruning import sparsify
 
+ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "pruning" / "pruning.py"
-ENV = os.environ | {"PYTHONPATH": str(ROOT)}  # this checkout's evaluation package, not an installed one
 
 
 @pytest.fixture
@@ -30,22 +26,9 @@ def ids():
     return torch.tensor([[2, 11, 57, 300, 4000, 9], [2, 13, 17, 19, 23, 29]])
 
 
-def run_script(base_args, *args):
-    return subprocess.run([sys.executable, str(SCRIPT), *base_args, *args], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=300)
-
-
-def run_in_process(monkeypatch, base_args, *args) -> int:
-    """The script's main() as run from the command line, without paying the import time again; its exit code."""
-    spec = importlib.util.spec_from_file_location("pruning_script", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *base_args, *args])
-    try:
-        script.run_main(script.main)
-    except SystemExit as e:
-        return e.code
-    return 0
+def run_in_process(base_args, *args) -> int:
+    """The script as run from the command line, without paying the interpreter start-up again; its exit code."""
+    return run_script("pruning.pruning", [*base_args, *args])
 
 
 @pytest.mark.parametrize("sparsity", [0.1, 0.3, 0.5, 0.7])
@@ -62,13 +45,13 @@ def test_masked_strategies_hit_the_requested_sparsity(model, strategy, options, 
     sparsify.make_permanent(model)
     measured = sparsify.measure_sparsity(model, original)
     assert abs(measured["sparsity_measured"] - sparsity) <= 0.01
-    assert not any(torch.nn.utils.prune.is_pruned(m) for m in sparsify.decoder_linears(model).values())
+    assert not any(torch.nn.utils.prune.is_pruned(m) for m in decoder_linears(model).values())
 
 
 def test_block_pruning_zeros_whole_blocks(model):
     sparsify.prune_block(model, 0.5, 16, "global")
     sparsify.make_permanent(model)
-    for m in sparsify.decoder_linears(model).values():
+    for m in decoder_linears(model).values():
         zero_tiles = sparsify.block_norms(m.weight, 16) == 0
         zeros = int((m.weight == 0).sum())
         assert zeros == int(zero_tiles.sum()) * 16 * 16  # every zero lies in an all-zero tile
@@ -78,7 +61,7 @@ def test_two_four_pattern_holds_in_every_group(model):
     original = sparsify.weight_counts(model)
     sparsify.prune_two_four(model)
     sparsify.make_permanent(model)
-    for m in sparsify.decoder_linears(model).values():
+    for m in decoder_linears(model).values():
         groups = (m.weight != 0).reshape(m.weight.shape[0], -1, 4).sum(-1)
         assert bool((groups <= 2).all())
     assert abs(sparsify.measure_sparsity(model, original)["sparsity_measured"] - 0.5) <= 0.01
@@ -126,22 +109,22 @@ def test_recovery_keeps_the_mask_and_refuses_test_questions(model, tokenizer_dir
     sparsify.prune_two_four(model)
     with pytest.raises(ValueError, match="test PMIDs"):
         finetune(model, tokenizer, train[:3] + test[:1], steps=1, test_pmids=test_pmids)
-    before = {n: m.weight_orig.detach().clone() for n, m in sparsify.decoder_linears(model).items()}
+    before = {n: m.weight_orig.detach().clone() for n, m in decoder_linears(model).items()}
     finetune(model, tokenizer, train[:8], steps=2, test_pmids=test_pmids, lr=1e-3, batch_size=2)
-    after = sparsify.decoder_linears(model)
+    after = decoder_linears(model)
     assert any(not torch.equal(before[n], m.weight_orig) for n, m in after.items())  # it did train
     sparsify.make_permanent(model)
     assert sparsify.measure_sparsity(model, original)["sparsity_measured"] == pytest.approx(0.5)
 
 
-def test_script_records_sparsity_and_finetuning(monkeypatch, base_args, tmp_path):
+def test_script_records_sparsity_and_finetuning(base_args, tmp_path):
     small = make_synthetic_pubmedqa(tmp_path)  # 20 train questions: the loop tokenizes every one
-    code = run_in_process(monkeypatch, base_args, "--data-dir", str(small), "--strategy", "structured",
+    code = run_in_process(base_args, "--data-dir", str(small), "--strategy", "structured",
                           "--sparsity", "0.3", "--finetune-steps", "2", "--run-name", "s",
                           "--save-dir", str(tmp_path / "saved"))
     assert code == 0
     results = json.loads((tmp_path / "results" / "s" / "results.json").read_text())
-    m = results["metrics"]
+    m = results["technique"]
     assert abs(m["sparsity_by_type"]["fc1"] - 0.3) <= 0.01 and m["sparse_kernels"] is False
     assert m["finetune_test_pmids_seen"] == 0 and len(m["finetune_history"]) == 2
     # dense tiny-random: 3,925,184; minus 77 of 256 neurons (fc1 rows + bias, fc2 columns) in each of 2 layers
@@ -149,9 +132,9 @@ def test_script_records_sparsity_and_finetuning(monkeypatch, base_args, tmp_path
     assert (tmp_path / "saved" / "model.safetensors").is_file()
 
 
-def test_script_two_four_on_cpu_says_dense(monkeypatch, capsys, base_args, tmp_path):
-    assert run_in_process(monkeypatch, base_args, "--strategy", "2:4", "--run-name", "t") == 0
-    m = json.loads((tmp_path / "results" / "t" / "results.json").read_text())["metrics"]
+def test_script_two_four_on_cpu_says_dense(capsys, base_args, tmp_path):
+    assert run_in_process(base_args, "--strategy", "2:4", "--run-name", "t") == 0
+    m = json.loads((tmp_path / "results" / "t" / "results.json").read_text())["technique"]
     assert m["sparse_kernels"] is False and "CPU" in m["sparse_kernels_reason"]
     assert "sparse kernels OFF" in capsys.readouterr().out
     assert m["sparsity_measured"] == pytest.approx(0.5)
@@ -163,15 +146,17 @@ def test_script_two_four_on_cpu_says_dense(monkeypatch, capsys, base_args, tmp_p
     (["--strategy", "magic", "--sparsity", "0.5"], "invalid choice: 'magic'"),
     (["--strategy", "2:4", "--sparsity", "0.3"], "2:4 sparsity is 0.5"),
 ])
-def test_bad_input_exits_2(monkeypatch, capsys, base_args, args, message):
-    assert run_in_process(monkeypatch, base_args, *args) == 2
+def test_bad_input_exits_2(capsys, base_args, args, message):
+    assert run_in_process(base_args, *args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 
 
 def test_bad_input_exits_2_from_the_command_line(base_args):
-    out = run_script(base_args, "--strategy", "structured", "--sparsity", "1.5")
-    assert out.returncode == 2 and "--sparsity: must be in [0, 1), got 1.5" in out.stderr
+    """`python pruning/pruning.py` itself: the script shadows its own package on sys.path and must still run."""
+    out = subprocess.run([sys.executable, str(SCRIPT), *base_args, "--strategy", "structured", "--sparsity", "1.5"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1] == "error: --sparsity must be in [0, 1), got 1.5"
 
 
 def test_block_size_that_does_not_divide_is_refused(model):
