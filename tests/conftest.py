@@ -1,11 +1,17 @@
 """Shared fixtures: the ../shared data when present, else a small synthetic PubMedQA set made here."""
+import importlib.util
 import json
 import random
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# sweeps/run_variant.py is a script, not a package module: loaded once by path for the sweep tests
+_spec = importlib.util.spec_from_file_location("sweeps_run_variant", ROOT / "sweeps" / "run_variant.py")
+sys.modules["sweeps_run_variant"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sys.modules["sweeps_run_variant"])
 SHARED = ROOT.parent / "shared" / "data"
 SHARED_PUBMEDQA = SHARED / "pubmedqa"
 SHARED_TOKENIZER = SHARED / "biogpt-large"

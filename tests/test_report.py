@@ -1,9 +1,7 @@
 """evaluation.report on hand-made results (missing fields, random weights, two devices, two question sets, failed
-and skipped runs), on a real baseline run, and scripts/run_all.sh's control flow with stub technique scripts."""
+and skipped runs), on a real baseline run, and the matrix's control flow (evaluation.matrix) with stub scripts."""
 import copy
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +16,10 @@ PMIDS_20 = [str(10_000_000 + 7 * i) for i in range(20)]
 TEMPLATE = {
     "config": {"technique": "baseline", "variant": "fp32-eager", "model": "tiny-random", "limit": 20,
                "batch_size": 16, "decode": "score", "dtype": "float32", "data_dir": "/data/pubmedqa",
-               "run_name": None, "reference": None, "weights": "random", "options": {}},
+               "run_name": None, "reference": None, "options": {}},
+    "run": {"run_name": None, "device": "cpu", "weights": "random", "prompt_form": "plain"},
     "environment": {"device_type": "cpu", "device_name": "Test CPU", "date": "2026-11-22T10:00:00+0000"},
-    "model": {"parameters": 1000, "weight_bytes": 4000 * 2**10, "bytes_per_parameter": 4.0, "weights": "random"},
+    "model": {"parameters": 1000, "footprint_bytes": 4000 * 2**10, "bytes_per_parameter": 4.0, "weights": "random"},
     "metrics": {"n": 20, "accuracy": 0.35, "macro_f1": 0.22,
                 "latency_question_ms": {"p50": 20.0, "p99": 30.0}, "throughput_qps": 50.0,
                 "torch_peak_allocated_mib": None,
@@ -34,7 +33,8 @@ def make_run(root: Path, name: str, *, technique="baseline", variant="fp32-eager
              pmids=PMIDS_20, drop=(), **config) -> Path:
     """A results.json in the harness' layout (+ predictions.json); `drop`: dotted keys to delete."""
     r = copy.deepcopy(TEMPLATE)
-    r["config"].update(technique=technique, variant=variant, run_name=name, weights=weights, **config)
+    r["config"].update(technique=technique, variant=variant, run_name=name, **config)
+    r["run"].update(run_name=name, weights=weights)
     r["model"]["weights"] = weights
     m = r["metrics"]
     m.update(n=len(pmids), accuracy=accuracy, throughput_qps=qps)
@@ -196,7 +196,7 @@ def test_wandb_offline_table(results_root, tmp_path, monkeypatch):
 
 def test_report_on_a_real_baseline_run(base_args, tmp_path):
     p = subprocess.run([sys.executable, "baseline/baseline.py", *base_args, "--run-name", "baseline"],
-                       cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                       cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-2000:]
     root = tmp_path / "results"
     rep = report.build_report([root], tmp_path / "out")
@@ -207,7 +207,7 @@ def test_report_on_a_real_baseline_run(base_args, tmp_path):
     assert "(random)" in (tmp_path / "out" / "report.md").read_text()
 
 
-STUB = r'''"""Stub script for the run_all test: records its argv, fails for float16, else writes results."""
+STUB = r'''"""Stub script for the matrix test: records its argv, fails for float16, else writes results."""
 import json, os, sys
 from pathlib import Path
 argv = sys.argv[1:]
@@ -224,26 +224,26 @@ r["config"].update(technique=Path(sys.argv[0]).parent.name, variant=opt("--run-n
 '''
 
 
-def test_run_all_order_reference_failures_and_report(tmp_path):
-    """run_all.sh with stub scripts: baseline first, --reference passed on, a failure recorded and the matrix
+def test_matrix_order_reference_failures_and_report(tmp_path, monkeypatch, capsys):
+    """The matrix with stub scripts: baseline first, --reference passed on, a failure recorded and the matrix
     continues, known-broken combinations listed with a reason, then the report."""
+    from evaluation import matrix
+
     tree = tmp_path / "tree"
-    (tree / "scripts").mkdir(parents=True)
-    shutil.copy(ROOT / "scripts" / "run_all.sh", tree / "scripts")
-    for script in ["baseline/baseline.py", "precision_reduction/precision_experiments.py", "pruning/pruning.py",
-                   "quantization/quant_int8_dynamic_eval.py", "quantization/qat.py",
-                   "tensor_rewriting/tensor_experiments.py"]:
-        (tree / script).parent.mkdir(exist_ok=True)
+    for script in {v.script for v in matrix.VARIANTS}:
+        (tree / script).parent.mkdir(parents=True, exist_ok=True)
         (tree / script).write_text(STUB)
     template = tmp_path / "template.json"
     template.write_text(json.dumps(TEMPLATE))
     calls, out = tmp_path / "calls.jsonl", tmp_path / "out"
-    env = dict(os.environ, STUB_CALLS=str(calls), STUB_TEMPLATE=str(template), RESULTS=str(out),
-               PYTHON=sys.executable, PYTHONPATH=str(ROOT), SPARSITIES="0.5",
-               ONLY="baseline|precision-|pruning-2to4|qat-int4$|tensor-(eager|cudagraphs|tvm-ansor)")
-    p = subprocess.run(["bash", "scripts/run_all.sh", "--device", "cpu", "--limit", "20", "--wandb", "disabled"],
-                       cwd=tree, env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-3000:]  # one command failed
+    monkeypatch.setattr(matrix, "ROOT", tree)
+    monkeypatch.setenv("STUB_CALLS", str(calls))
+    monkeypatch.setenv("STUB_TEMPLATE", str(template))
+    with pytest.raises(SystemExit) as e:  # one command failed
+        matrix.main(["--out", str(out), "--only", "precision-|pruning-2of4|qat-int4$|tensor-(eager|cudagraphs|tvm-ansor)",
+                     "--", "--device", "cpu", "--limit", "20", "--wandb", "disabled"])
+    assert e.value.code == 1
+    stdout = capsys.readouterr().out
     invoked = [json.loads(x) for x in calls.read_text().splitlines()]
     assert invoked[0][0] == "baseline/baseline.py"
     assert all(["--reference", str(out / "baseline")] == c[c.index("--reference"):c.index("--reference") + 2]
@@ -256,13 +256,16 @@ def test_run_all_order_reference_failures_and_report(tmp_path):
     assert err["returncode"] == 1 and "stub failure for float16" in err["stderr_tail"]
     assert "--precision float16" in err["command"]
     assert json.loads((out / "precision-fp8" / "error.json").read_text())["skipped"] is True
-    assert "precision-fp8 SKIPPED" in p.stdout and "compute capability" in p.stdout
+    assert "precision-fp8 SKIPPED" in stdout and "compute capability" in stdout
     md = (out / "report.md").read_text()
     assert "`precision-float16`" in md and "skipped (known broken)" in md
     assert (out / "plots" / "quality_vs_latency.png").is_file()
 
 
-def test_run_all_refuses_options_it_sets(tmp_path):
-    p = subprocess.run(["bash", str(ROOT / "scripts" / "run_all.sh"), "--output-dir", "x"],
-                       env=dict(os.environ, RESULTS=str(tmp_path)), capture_output=True, text=True)
-    assert p.returncode == 2 and "sets --output-dir itself" in p.stderr
+def test_matrix_refuses_options_it_sets(capsys):
+    from evaluation import matrix
+    from evaluation.config import run_main
+
+    with pytest.raises(SystemExit) as e:
+        run_main(lambda: matrix.main(["--", "--output-dir", "x"]))
+    assert e.value.code == 2 and "the matrix sets these itself" in capsys.readouterr().err

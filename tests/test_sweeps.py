@@ -1,40 +1,19 @@
-"""Every wandb sweep in sweeps/ only produces runs its script accepts: each grid combination is turned into the
-command line the wandb agent would build, expanded by sweeps/run_variant.py, and parsed by the script's own
-make_parser() and evaluation.config_from_args (dry run: no model, no data). A script that isn't in the tree yet
-is skipped with the reason."""
-import importlib.util
+"""The variant registry (evaluation/matrix.py) is the one list: every sweep in sweeps/ is written from it and holds
+exactly its variants, every combination a sweep produces is accepted by its script's own option parsing (dry run:
+no model, no data), and a new registry entry reaches the sweeps, the matrix and the report without other edits."""
 import itertools
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from evaluation import UsageError, config_from_args
+from evaluation import Options, UsageError, matrix, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
-EXPECTED = {"precision.yaml", "pruning.yaml", "quantization.yaml", "tensor_rewriting.yaml"}
-
-# Combinations the issues forbid that argparse `choices` can't see (a script checks them after parsing).
-TENSOR_MODES = {"eager": {"default"}, "aot_eager": {"default"}, "cudagraphs": {"default"},
-                "inductor": {"default", "reduce-overhead", "max-autotune"},
-                "tvm": {"default", "ansor", "meta-schedule"}}
-
-
-def invalid_combination(script: str, args) -> str | None:
-    """Why these parsed args are a combination the script rejects (per issues 4 and 6), or None."""
-    opts = vars(args)
-    if script == "pruning.py":
-        if not 0 <= opts["sparsity"] < 1:
-            return f"sparsity {opts['sparsity']} outside [0, 1)"
-        if opts["strategy"] == "2:4" and opts["sparsity"] != 0.5:
-            return f"2:4 sparsity is 50% by definition, got --sparsity {opts['sparsity']}"
-    if script == "tensor_experiments.py":
-        valid = TENSOR_MODES.get(opts["backend"], set())
-        if opts["mode"] not in valid:
-            return f"--backend {opts['backend']} has no mode {opts['mode']!r} (valid: {sorted(valid)})"
-    return None
+MODULES = {matrix.PRECISION: "precision_reduction.precision_experiments", matrix.PRUNING: "pruning.pruning",
+           matrix.PTQ: "quantization.quant_int8_dynamic_eval", matrix.QAT: "quantization.qat",
+           matrix.COMPILE: "tensor_rewriting.tensor_experiments"}
 
 
 def agent_args(params: dict) -> list[str]:
@@ -56,87 +35,73 @@ def grid(parameters: dict) -> list[dict]:
     return [dict(zip(names, combo)) for combo in itertools.product(*choices)]
 
 
-def load_module(path: Path, name: str):
-    sys.path[:0] = [str(path.parent), str(ROOT)]  # as when run as a script from the repo root
-    try:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        del sys.path[:2]
+def options_class(script: str):
+    import importlib
+
+    module = importlib.import_module(MODULES[script])
+    return next(v for v in vars(module).values() if isinstance(v, type) and issubclass(v, Options) and v is not Options)
 
 
-def check_sweep(sweep_file: Path) -> tuple[int, list[str]]:
-    """(combinations checked, problems). A sweep whose script is missing is a broken sweep."""
-    sweep = yaml.safe_load(sweep_file.read_text())
-    command = [str(c) for c in sweep["command"]]
-    assert sweep.get("method") == "grid", "grid sweeps only: every combination must be enumerable"
-    assert "${program}" in command and "${args}" in command and "${interpreter}" in command, command
-    uses_expander = "sweeps/run_variant.py" in command
-    program = ROOT / sweep["program"]
-    assert program.is_file(), f"{sweep_file.name}: {sweep['program']} does not exist"
-    module = load_module(program, f"sweep_check_{program.stem}")
-    assert hasattr(module, "make_parser"), f"{sweep['program']} defines no make_parser()"
-    expand = load_module(ROOT / "sweeps" / "run_variant.py", "run_variant").expand
-    problems, combos = [], grid(sweep["parameters"])
-    for params in combos:
-        argv = agent_args(params)
-        argv = expand(argv) if uses_expander else argv
-        try:
-            args = module.make_parser().parse_args(argv)
-            config_from_args(args, technique=program.parent.name, variant="sweep-check",
-                             dtype=getattr(args, "dtype", None) or "float32")
-        except SystemExit:
-            problems.append(f"argparse rejects {argv}")
-            continue
-        except UsageError as e:
-            problems.append(f"{argv}: {e}")
-            continue
-        why = invalid_combination(program.name, args)
-        if why:
-            problems.append(f"{argv}: {why}")
-    return len(combos), problems
+def parse(script: str, argv: list[str]):
+    """The script's own parsing of these flags: its RunConfig, or the UsageError / argparse exit it raises."""
+    return parse_config("sweep-check", options_class(script), argv)
 
 
-def test_every_script_has_a_sweep():
-    assert EXPECTED <= {p.name for p in SWEEPS}
+def test_sweeps_are_written_from_the_registry():
+    assert {p.name for p in SWEEPS} == {f"{Path(s).stem}.yaml" for s in matrix.sweep_scripts()}
+    for script in matrix.sweep_scripts():
+        path = ROOT / "sweeps" / f"{Path(script).stem}.yaml"
+        assert path.read_text() == matrix.sweep_yaml(script), f"{path.name} is stale: python -m evaluation.matrix --write-sweeps"
 
 
 @pytest.mark.parametrize("sweep_file", SWEEPS, ids=[p.name for p in SWEEPS])
-def test_sweep_combinations_are_accepted(sweep_file, capsys):
-    n, problems = check_sweep(sweep_file)
-    assert n > 0
-    assert not problems, f"{sweep_file.name}: {len(problems)} of {n} combinations invalid:\n" + "\n".join(problems)
+def test_sweep_combinations_are_accepted(sweep_file):
+    from sweeps_run_variant import expand
+
+    sweep = yaml.safe_load(sweep_file.read_text())
+    assert sweep["method"] == "grid" and "sweeps/run_variant.py" in sweep["command"]
+    combos = grid(sweep["parameters"])
+    assert len(combos) == sum(v.script == sweep["program"] for v in matrix.VARIANTS)
+    for params in combos:
+        cfg = parse(sweep["program"], expand(agent_args(params)))
+        assert cfg.model == "biogpt-large-random"
+
+
+def test_every_registry_variant_parses_with_its_script():
+    for v in matrix.VARIANTS[1:]:
+        cfg = parse(v.script, list(v.flags))
+        assert cfg.options.variant, v.name
+
+
+def test_parse_catches_invalid_combinations():
+    """The check can fail: a 2:4 pruning at 0.3 and a mode of the wrong backend are refused by the options."""
+    with pytest.raises(UsageError, match="2:4 sparsity is 0.5"):
+        parse(matrix.PRUNING, ["--strategy", "2:4", "--sparsity", "0.3"])
+    with pytest.raises(UsageError, match="has no --mode ansor"):
+        parse(matrix.COMPILE, ["--backend", "aot_eager", "--mode", "ansor"])
+
+
+def test_a_new_registry_entry_reaches_sweeps_and_matrix(monkeypatch, tmp_path):
+    extra = matrix.Variant("pruning-block-0.9", matrix.PRUNING, ("--strategy", "block", "--sparsity", "0.9"))
+    monkeypatch.setattr(matrix, "VARIANTS", matrix.VARIANTS + [extra])
+    assert '"--strategy block --sparsity 0.9"' in matrix.sweep_yaml(matrix.PRUNING)
+    assert extra in matrix.select(["pruning"], None) and extra not in matrix.select(["quantization"], None)
+    assert matrix.select(None, "block-0.9") == [matrix.VARIANTS[0], extra]  # the baseline always first
+    written = matrix.write_sweeps(tmp_path)
+    assert "--sparsity 0.9" in (tmp_path / "pruning.yaml").read_text() and len(written) == len(SWEEPS)
+
+
+def test_known_broken_variants_are_skipped_with_their_reason():
+    by_name = {v.name: v for v in matrix.VARIANTS}
+    assert "compute capability" in by_name["precision-fp8"].skip_reason("cpu")
+    assert by_name["precision-fp8"].skip_reason("cuda") and by_name["precision-fp8"].skip_reason("cuda-sm89") is None
+    assert by_name["tensor-cudagraphs-default"].skip_reason("cuda") is None
+    assert by_name["quantization-dynamic-int8-torchao"].skip_reason("cuda")
+    assert by_name["baseline"].skip_reason("cpu") is None
 
 
 def test_expander_splits_combined_flags():
-    expand = load_module(ROOT / "sweeps" / "run_variant.py", "run_variant").expand
-    assert expand(["--flags=--strategy=2:4 --sparsity=0.5", "--model=tiny-random"]) == \
-        ["--strategy=2:4", "--sparsity=0.5", "--model=tiny-random"]
+    from sweeps_run_variant import expand
 
-
-def test_checker_catches_invalid_combinations(tmp_path, monkeypatch):
-    """The check can fail: a plain strategy x sparsity grid (2:4 at 0.3) and a bad backend/mode are reported."""
-    import argparse
-
-    scripts = tmp_path / "fake"
-    scripts.mkdir()
-    (scripts / "pruning.py").write_text(
-        "from evaluation import build_parser\n"
-        "def make_parser():\n"
-        "    p = build_parser('fake pruning')\n"
-        "    p.add_argument('--strategy', choices=['unstructured', 'structured', 'block', '2:4'], help='s')\n"
-        "    p.add_argument('--sparsity', type=float, default=0.5, help='x')\n"
-        "    return p\n")
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({
-        "program": str(scripts / "pruning.py"), "method": "grid",
-        "parameters": {"strategy": {"values": ["unstructured", "2:4", "3:4"]}, "sparsity": {"values": [0.3, 0.5]}},
-        "command": ["${env}", "${interpreter}", "${program}", "${args}"]}))
-    n, problems = check_sweep(bad)
-    assert n == 6
-    assert sum("2:4 sparsity" in p for p in problems) == 1      # 2:4 at 0.3
-    assert sum("argparse rejects" in p for p in problems) == 2  # 3:4 is not a choice
-    ns = argparse.Namespace(backend="aot_eager", mode="ansor")
-    assert "valid" in invalid_combination("tensor_experiments.py", ns)
+    assert expand(["--flags=--strategy 2:4 --sparsity 0.5", "--model=tiny-random"]) == \
+        ["--strategy", "2:4", "--sparsity", "0.5", "--model=tiny-random"]
