@@ -14,7 +14,7 @@ from evaluation.finetune import finetune
 
 if __package__:  # imported as pruning.pruning
     from . import sparsify
-else:  # run as `python pruning/pruning.py`: this folder is then sys.path[0], and this file shadows the package
+else:  # `python pruning/pruning.py`: this folder is searched first, and this file shadows the package
     import sparsify
 
 STRATEGIES = ["unstructured", "structured", "block", "2:4"]
