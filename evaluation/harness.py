@@ -124,6 +124,7 @@ def timing_metrics(model, prompts: Prompts, n: int, cold_s: float, passes: list[
         "cold_pass_s": cold_s,
         "pass_s": latency_stats([s * 1e3 for s in pass_s]) | {"unit": "ms"},
         "pass_wall_s_median": sorted(pass_s)[len(pass_s) // 2],
+        "pass_wall_s_samples": pass_s,
         "timed_passes": len(passes), "timed_s": timed_s,
         "latency_batch_ms": latency_stats([ms for p in passes for ms in p.batch_ms]),
         "latency_question_ms": latency_stats(question_ms),

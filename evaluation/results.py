@@ -113,6 +113,16 @@ def write_run(run_dir: Path, results: dict, rows: list[dict]) -> Path:
     return run_dir
 
 
+def check_reference_questions(reference: Path | None, pmids: list[str]) -> None:
+    """A reference must have answered exactly these questions: comparing a silent overlap would mislead."""
+    if reference is None:
+        return
+    theirs = set(read_per_question(reference))
+    if theirs != set(pmids):
+        raise UsageError(f"--reference {reference} answered {len(theirs)} questions, this run {len(pmids)} "
+                         f"({len(theirs & set(pmids))} in common): run both over the same --limit and data")
+
+
 def check_reference(path: str | None) -> Path | None:
     if path is None:
         return None
@@ -124,11 +134,11 @@ def check_reference(path: str | None) -> Path | None:
 
 
 def read_per_question(run_dir: Path) -> dict[str, dict]:
-    """PMID -> {"prediction", "logits"} from a run directory's per-question CSV."""
+    """PMID -> {"prediction", "gold", "logits"} from a run directory's per-question CSV."""
     out = {}
     with open(run_dir / "per_question.csv", newline="") as f:
         for r in csv.DictReader(f):
             logits = [r.get("logit_yes"), r.get("logit_no"), r.get("logit_maybe")]
-            out[r["pmid"]] = {"prediction": r["prediction"],
+            out[r["pmid"]] = {"prediction": r["prediction"], "gold": r.get("gold"),
                               "logits": [float(x) for x in logits] if all(logits) else None}
     return out

@@ -7,6 +7,7 @@ returns an
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,9 @@ from .data import LABELS, load_test_questions
 from .harness import evaluate
 from .metrics import fidelity
 from .modeling import footprint_bytes, load_model, model_device, parameter_count, resolve_device, weights_kind
-from .results import check_output_dir, check_reference, environment, read_per_question, write_run
+from .results import (check_output_dir, check_reference, check_reference_questions, environment, read_per_question,
+                      write_run)
+from .stats import align, comparison_stats, run_stats
 from .tracking import Tracker
 
 
@@ -49,8 +52,9 @@ def run(cfg: RunConfig, apply=None, load=default_load) -> dict:
     device = resolve_device(cfg.device)
     cfg.options.check_device(device)  # before any data or model work
     run_dir = check_output_dir(cfg)
-    check_reference(cfg.reference)
+    reference = check_reference(cfg.reference)
     questions = load_test_questions(cfg.data_dir, cfg.limit)
+    check_reference_questions(reference, [q.pmid for q in questions])
     t0 = time.perf_counter()
     model, tokenizer = load(cfg, device)
     load_s = time.perf_counter() - t0
@@ -61,11 +65,23 @@ def run(cfg: RunConfig, apply=None, load=default_load) -> dict:
     return evaluate_and_log(cfg, model, tokenizer, questions, run_dir, device, load_s, setup_s, applied)
 
 
-def fidelity_against(reference: str, rows: list[dict]) -> dict:
-    current = {r["pmid"]: {"prediction": r["prediction"],
+def compare_with_reference(reference: str, rows: list[dict], pass_s: list[float], random: bool,
+                           device_name: str) -> tuple[dict, dict]:
+    """(fidelity, paired statistics) of this run against the reference run, question by question. Correctness
+    is the paired basis with real weights, agreement with the reference with random ones; the speed-up interval
+    only where both runs timed passes on the same device."""
+    ref_dir = check_reference(reference)
+    theirs = read_per_question(ref_dir)
+    current = {r["pmid"]: {"prediction": r["prediction"], "gold": r["gold"],
                            "logits": [r[f"logit_{x}"] for x in LABELS] if r["logit_yes"] is not None else None}
                for r in rows}
-    return fidelity(read_per_question(check_reference(reference)), current) | {"reference": reference}
+    _, gold, pred, ref_pred = align(current, theirs)
+    ref_results = json.loads((ref_dir / "results.json").read_text()) if (ref_dir / "results.json").is_file() else {}
+    same_device = (ref_results.get("environment") or {}).get("device_name") == device_name
+    ref_pass_s = (ref_results.get("metrics") or {}).get("pass_wall_s_samples") if same_device else None
+    paired = comparison_stats(pred, ref_pred, None if random else gold, run_pass_s=pass_s if ref_pass_s else None,
+                              ref_pass_s=ref_pass_s)
+    return fidelity(theirs, current) | {"reference": reference}, paired
 
 
 def evaluate_and_log(cfg: RunConfig, model, tokenizer, questions, run_dir: Path, device: torch.device,
@@ -75,14 +91,19 @@ def evaluate_and_log(cfg: RunConfig, model, tokenizer, questions, run_dir: Path,
     metrics, rows, history = evaluate(model, tokenizer, questions, cfg, applied.forward or answer_logits,
                                       applied.buckets)
     metrics.update(load_s=load_s, setup_s=setup_s)
+    random = weights_kind(model) == "random"
+    metrics["stats"] = run_stats([r["gold"] for r in rows], [r["prediction"] for r in rows],
+                                 metrics["pass_wall_s_samples"])
+    env = environment(device)
     if cfg.reference:
-        metrics["fidelity"] = fidelity_against(cfg.reference, rows)
+        metrics["fidelity"], metrics["comparison"] = compare_with_reference(
+            cfg.reference, rows, metrics["pass_wall_s_samples"], random, env["device_name"])
     params, nbytes = parameter_count(model), footprint_bytes(model)
     results = {
         "config": cfg.to_dict(),
         "run": {"run_name": run_dir.name, "device": str(model_device(model)), "weights": weights_kind(model),
                 "prompt_form": prompt_form(tokenizer)},
-        "environment": environment(device),
+        "environment": env,
         "model": {"parameters": params, "footprint_bytes": nbytes, "bytes_per_parameter": nbytes / params,
                   "cuda_allocated_bytes": cuda_allocated, "weights": weights_kind(model)},
         "metrics": metrics,
@@ -102,12 +123,38 @@ def evaluate_and_log(cfg: RunConfig, model, tokenizer, questions, run_dir: Path,
     return results
 
 
+def _interval(item: dict | None, fmt: str) -> str:
+    if not item or item.get("ci_low") is None:
+        return ""
+    return f" [{item['ci_low']:{fmt}}, {item['ci_high']:{fmt}}]"
+
+
+def summary_lines(cfg: RunConfig, results: dict, run_dir: Path) -> list[str]:
+    """What was measured, in words a newcomer can read without the code."""
+    m, run, env, stats = results["metrics"], results["run"], results["environment"], results["metrics"]["stats"]
+    random = run["weights"] == "random"
+    passes = m["pass_wall_s_samples"]
+    lines = [f"{cfg.technique}/{cfg.variant}: {m['n']} questions on {run['device']} ({env['device_name']}), "
+             f"{cfg.dtype}, batch {cfg.batch_size}, {cfg.decode} mode, prompt {run['prompt_form']}",
+             f"  accuracy {m['accuracy']:.3f}{_interval(stats['accuracy'], '.3f')}, macro-F1 {m['macro_f1']:.3f}"
+             f"{_interval(stats['macro_f1'], '.3f')} (95% bootstrap)"
+             + ("  [weights: random — not a model accuracy]" if random else "")
+             + (f"; {m['unparsed']} unparsed answers" if cfg.decode == "generate" else ""),
+             f"  {len(passes)} timed pass(es): median {m['pass_wall_s_median']:.3f} s (min {min(passes):.3f}, "
+             f"max {max(passes):.3f}), {m['throughput_qps']:.1f} q/s, latency/question p50 "
+             f"{m['latency_question_ms']['p50']:.2f} ms p99 {m['latency_question_ms']['p99']:.2f} ms; "
+             f"cold pass {m['cold_pass_s']:.2f} s, load {m['load_s']:.1f} s, setup {m['setup_s']:.1f} s"]
+    if "fidelity" in m:
+        f, c = m["fidelity"], m["comparison"]
+        speed = c.get("speedup") or {}
+        lines.append(f"  vs reference {Path(f['reference']).name}: agreement {f['agreement']:.1f}%, mean KL "
+                     f"{f['mean_kl'] if f['mean_kl'] is not None else float('nan'):.3g}, "
+                     f"{c['paired']['right_to_wrong']} right->wrong / {c['paired']['wrong_to_right']} wrong->right "
+                     f"({c['paired']['basis']}), McNemar p {c['paired']['mcnemar_p']:.3g}"
+                     + (f", speed-up {speed['value']:.2f}x{_interval(speed, '.2f')}" if speed.get("value") else ""))
+    lines.append(f"  results: {run_dir}/results.json")
+    return lines
+
+
 def print_summary(cfg: RunConfig, results: dict, run_dir: Path):
-    m = results["metrics"]
-    note = "  [weights: random — not a model accuracy]" if results["run"]["weights"] == "random" else ""
-    lat = m["latency_question_ms"]
-    print(f"{cfg.technique}/{cfg.variant} on {results['environment']['device_name']}: n={m['n']} "
-          f"accuracy={m['accuracy']:.3f} macro_f1={m['macro_f1']:.3f}{note}")
-    print(f"  pass {m['pass_wall_s_median']:.3f} s (cold {m['cold_pass_s']:.3f} s), {m['throughput_qps']:.1f} q/s, "
-          f"latency/question p50 {lat['p50']:.2f} ms p99 {lat['p99']:.2f} ms, load {m['load_s']:.1f} s")
-    print(f"  results: {run_dir}/results.json")
+    print("\n".join(summary_lines(cfg, results, run_dir)))

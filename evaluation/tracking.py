@@ -77,8 +77,12 @@ class Tracker:
 
     def summary(self, results: dict, rows: list[dict]):
         def _summary():
+            from .stats import flat_summary
+
+            m = results["metrics"]
             self.run.summary.update({"environment": results["environment"], "model": results["model"],
-                                     "technique": results["technique"], **results["metrics"]})
+                                     "technique": results["technique"], **m,
+                                     **flat_summary(m["stats"] | m.get("comparison", {}))})
             table = self.wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows])
             gold = [LABELS.index(r["gold"]) for r in rows]
             # unparsed answers have no class index: shown as the last column of the matrix

@@ -187,3 +187,33 @@ def test_training_curve_logged_as_wandb_history(tmp_path):
     tracker.finish()
     log = wandb_log(tmp_path / "wandb", b"finetune/train_loss", b"finetune/step")
     assert b"finetune/train_loss" in log and b"finetune/step" in log
+
+
+def test_intervals_and_paired_test_recorded(baseline_run, tokenizer_dir, data_dir):
+    """metrics.stats holds bootstrap intervals around the scores; a --reference run holds the paired test."""
+    run_dir, _ = baseline_run
+    m = json.loads((run_dir / "results.json").read_text())["metrics"]
+    acc = m["stats"]["accuracy"]
+    assert acc["ci_low"] <= m["accuracy"] <= acc["ci_high"] and acc["confidence"] == 0.95
+    r = run_baseline(["--model", "tiny-random", "--tokenizer-dir", tokenizer_dir, "--data-dir", data_dir,
+                      "--limit", "12", "--batch-size", "4", "--output-dir", str(run_dir.parent), "--run-name", "paired",
+                      "--wandb", "disabled", "--reference", str(run_dir), "--min-passes", "3"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    c = json.loads((run_dir.parent / "paired" / "results.json").read_text())["metrics"]["comparison"]
+    assert c["paired"]["basis"] == "agreement_with_reference"  # random weights: correctness means nothing
+    assert c["paired"]["right_to_wrong"] == 0 and c["paired"]["mcnemar_p"] == 1.0 and not c["distinguishable"]
+    assert "vs reference base: agreement 100.0%" in r.stdout and "McNemar p 1" in r.stdout
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--run-name", "base"], "already exists"),
+    (["--limit", "5"], "answered 12 questions, this run 5"),
+])
+def test_existing_run_and_other_question_set_refused(baseline_run, tokenizer_dir, data_dir, extra, message):
+    run_dir, _ = baseline_run
+    before = sorted(p.name for p in run_dir.parent.iterdir())
+    r = run_baseline(["--model", "tiny-random", "--tokenizer-dir", tokenizer_dir, "--data-dir", data_dir,
+                      "--limit", "12", "--output-dir", str(run_dir.parent), "--run-name", "other", "--wandb", "disabled",
+                      "--reference", str(run_dir), *extra])
+    assert r.returncode == 2 and message in r.stderr.strip().splitlines()[-1]
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == before  # nothing written, nothing replaced
