@@ -138,6 +138,8 @@ def run_matrix(variants: list[Variant], out: Path, common: list[str], resume: bo
     for v in variants:
         run_dir = out / v.name
         (run_dir / "error.json").unlink(missing_ok=True)  # a previous attempt's failure is not this one's
+        if run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # ... nor its empty directory, which the script would refuse as an existing run
         why = v.skip_reason(device)
         if resume and (run_dir / "results.json").is_file():
             outcome = {"name": v.name, "status": "kept"}

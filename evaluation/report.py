@@ -7,7 +7,7 @@ row of report.md, report.json, three PNG plots and, when wandb is on, a wandb ta
 Runs are grouped by device, model, decode mode and question set (the PMIDs answered); ratios (speedup, memory)
 are taken only against the baseline run of the same group, so runs on different devices or question sets are
 never compared in one ratio. A failed command is recorded as RUN_DIR/error.json
-{"command", "returncode", "stderr_tail"} (scripts/run_all.sh writes it; "skipped": true + "reason" for a
+{"command", "returncode", "stderr_tail"} (evaluation.matrix writes it; "skipped": true + "reason" for a
 known-broken combination that was not run) and listed under "Failed or skipped runs".
 """
 from __future__ import annotations
