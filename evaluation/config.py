@@ -68,6 +68,10 @@ class RunConfig:
                                   "decoding and answer parsing (the paper's protocol).", choices=["score", "generate"])
     max_new_tokens: int = option(16, "Generate mode: the most tokens decoded per question.")
     device: str = option("auto", "auto picks CUDA when it is present.", choices=["auto", "cuda", "cpu"])
+    attn_implementation: str = option("sdpa", "Attention kernels: eager (transformers' reference code), sdpa "
+                                              "(PyTorch's scaled_dot_product_attention) or flash_attention_2 (the "
+                                              "flash-attn package, CUDA only).",
+                                      choices=["eager", "sdpa", "flash_attention_2"])
     seed: int = option(0, "Seed for random-weight presets and training.")
     output_dir: str = option("results", "Results go to OUTPUT_DIR/RUN_NAME/.")
     run_name: str | None = option(None, "The run directory's name; by default technique-variant-model-timestamp.")

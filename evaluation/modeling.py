@@ -83,26 +83,41 @@ def load_tokenizer(model_name: str, tokenizer_dir: str | None):
                          f"(offline?): {str(e).splitlines()[0]}")
 
 
-def random_model(preset: str, seed: int, dtype: torch.dtype, device: torch.device, **overrides):
+def random_model(preset: str, seed: int, dtype: torch.dtype, device: torch.device, attn_implementation: str = "sdpa",
+                 **overrides):
     """Seeded random weights of the preset's architecture (`overrides`: config fields changed, e.g. a cut
     num_hidden_layers for per-layer profiling), created directly on `device`."""
     from transformers import BioGptConfig, BioGptForCausalLM
 
     # bench_weights travels in config.json, so a saved and reloaded preset stays marked as random
     config = BioGptConfig(**{**PRESETS[preset], **overrides}, torch_dtype=dtype, bench_weights="random")
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
     with torch.device(device):
         model = BioGptForCausalLM(config)
     return model.to(dtype).eval()
 
 
-def load_pretrained(name: str, dtype: torch.dtype, device: torch.device, **kwargs):
+def check_attention(attn_implementation: str, device: torch.device) -> None:
+    """flash_attention_2 needs the flash-attn package and a CUDA GPU: refuse it before loading anything."""
+    import importlib.util
+
+    if attn_implementation != "flash_attention_2":
+        return
+    if device.type != "cuda":
+        raise UsageError("--attn-implementation flash_attention_2 needs a CUDA GPU; this run is on the CPU")
+    if importlib.util.find_spec("flash_attn") is None:
+        raise UsageError("--attn-implementation flash_attention_2 needs the flash-attn package "
+                         "(pip install flash-attn --no-build-isolation)")
+
+
+def load_pretrained(name: str, dtype: torch.dtype, device: torch.device, attn_implementation: str = "sdpa",
+                    **kwargs):
     """A hub id or local directory; kwargs go to from_pretrained (e.g. quantization_config)."""
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation="sdpa",
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation=attn_implementation,
                                                      use_safetensors=None, **kwargs)
     except OSError as e:
         raise UsageError(f"model {name!r} not found locally or reachable on the hub "
@@ -123,12 +138,12 @@ def load_model(cfg: RunConfig, device: torch.device, dtype: str | None = None, *
         raise UsageError(f"model directory not found: {cfg.model} "
                          f"(presets: {', '.join(PRESETS)})")
     if cfg.model in PRESETS:
-        model = random_model(cfg.model, cfg.seed, DTYPES[dtype], device)
+        model = random_model(cfg.model, cfg.seed, DTYPES[dtype], device, cfg.attn_implementation)
     elif "/" not in cfg.model and not Path(cfg.model).is_dir():
         raise UsageError(f"unknown preset or model {cfg.model!r}; presets: {', '.join(PRESETS)}, "
                          "or a hub id like microsoft/BioGPT-Large-PubMedQA, or a local directory")
     else:
-        model = load_pretrained(cfg.model, DTYPES[dtype], device, **kwargs)
+        model = load_pretrained(cfg.model, DTYPES[dtype], device, cfg.attn_implementation, **kwargs)
     if len(tokenizer) != model.config.vocab_size:
         raise UsageError(f"tokenizer has {len(tokenizer)} ids but the model's vocabulary is "
                          f"{model.config.vocab_size}: wrong --tokenizer-dir?")

@@ -20,7 +20,8 @@ from .config import Options, RunConfig, parse_config, run_main
 from .data import LABELS, load_test_questions
 from .harness import evaluate
 from .metrics import fidelity
-from .modeling import footprint_bytes, load_model, model_device, parameter_count, resolve_device, weights_kind
+from .modeling import (check_attention, footprint_bytes, load_model, model_device, parameter_count, resolve_device,
+                       weights_kind)
 from .results import (check_output_dir, check_reference, check_reference_questions, environment, read_per_question,
                       write_run)
 from .stats import align, comparison_stats, run_stats
@@ -51,6 +52,7 @@ def main(technique: str, options_cls=Options, apply=None, load=default_load, des
 def run(cfg: RunConfig, apply=None, load=default_load) -> dict:
     device = resolve_device(cfg.device)
     cfg.options.check_device(device)  # before any data or model work
+    check_attention(cfg.attn_implementation, device)
     run_dir = check_output_dir(cfg)
     reference = check_reference(cfg.reference)
     questions = load_test_questions(cfg.data_dir, cfg.limit)
