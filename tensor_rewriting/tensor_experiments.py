@@ -83,7 +83,7 @@ def compile_forward(module, opts, device):
         ops = None if opts.tvm_tune_ops == "all" else opts.tvm_tune_ops.split(",")
         return TVMCompiler(module, opts.mode, device, opts.tvm_trials, opts.tvm_work_dir, ops)
     from tensor_rewriting.torch_backends import TorchCompiled
-    return TorchCompiled(module, opts.backend, opts.mode, opts.bucket_lengths)
+    return TorchCompiled(module, opts.backend, opts.mode, opts.bucket_lengths, device, DTYPES[opts.dtype_name])
 
 
 def apply(model, tokenizer, cfg, device, questions) -> Applied:
@@ -101,7 +101,8 @@ def apply(model, tokenizer, cfg, device, questions) -> Applied:
     shapes = warm_up(forward, model, batches, answer_ids)
     check = eager_check(forward, model, batches[:opts.check_batches], answer_ids, cfg.dtype)
     stats = compiled.stats()
-    print(f"compiled {len(shapes)} shape(s): {', '.join(f'{k} {v:.1f}' if isinstance(v, float) else f'{k} {v}' for k, v in stats.items())}; "
+    readable = ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())
+    print(f"compiled {len(shapes)} shape(s): {readable}; "
           f"eager check: max |diff| {check['max_abs_logit_diff']:.2g} (tolerance {check['tolerance']:.2g}), "
           f"agreement {check['agreement_pct']:.0f}%")
     if not check["passed"]:

@@ -62,3 +62,28 @@ def test_nvml_failure_never_ends_a_run(monkeypatch):
     out = s.summary(questions=1)
     assert out["gpu_util_mean"] is None and out["energy_j"] is None
     assert "NVML unavailable" in out["nvml_error"]
+
+
+def test_matmul_peak_measured_once_then_cached(tmp_path, monkeypatch):
+    import torch
+
+    from evaluation import roofline
+
+    monkeypatch.setattr(roofline, "CACHE", tmp_path / "peak.json")
+    calls = []
+    monkeypatch.setattr(roofline, "measure_peak_tflops", lambda device, dtype: calls.append(dtype) or 2.0)
+    first = roofline.roofline(0.5, torch.device("cpu"), torch.float32)
+    again = roofline.roofline(1.0, torch.device("cpu"), torch.float32)
+    other = roofline.roofline(1.0, torch.device("cpu"), torch.bfloat16)
+    assert first == {"matmul_peak_tflops": 2.0, "matmul_peak_source": "measured", "roofline_fraction": 0.25}
+    assert again["matmul_peak_source"] == "cache" and again["roofline_fraction"] == 0.5
+    assert other["matmul_peak_source"] == "measured" and calls == [torch.float32, torch.bfloat16]
+
+
+def test_matmul_peak_is_a_real_measurement():
+    import torch
+
+    from evaluation.roofline import measure_peak_tflops
+
+    tflops = measure_peak_tflops(torch.device("cpu"), torch.float32, min_s=0.05)
+    assert 1e-4 < tflops < 100  # a 2-core CPU: tens of GFLOP/s; never zero or absurd

@@ -1,0 +1,66 @@
+"""The machine's dense-matmul peak per dtype, measured once and cached, so every run can say what fraction of
+it its forward passes achieved (achieved_tflops / peak): the same figure on a CPU and on a GPU."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+CACHE = Path(os.environ.get("BIOGPT_BENCH_CACHE", Path.home() / ".cache" / "biogpt-pubmedqa")) / "matmul_peak.json"
+SIDE = {"cpu": 1024, "cuda": 8192}  # large enough to be compute-bound, small enough to time in about a second
+
+
+def machine_key(device: torch.device, dtype: torch.dtype) -> str:
+    """Which peak this is: the device model, the threads torch uses, torch's version and the dtype."""
+    from .results import cpu_name
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    return hashlib.sha1(json.dumps([name, torch.get_num_threads(), torch.__version__, str(dtype)]).encode()
+                        ).hexdigest()[:16]
+
+
+def measure_peak_tflops(device: torch.device, dtype: torch.dtype, min_s: float = 0.5) -> float:
+    """Best TFLOP/s of a square torch.mm over repeated calls after a warm-up (the best call, not the mean: a peak)."""
+    n = SIDE[device.type]
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    best, start = float("inf"), time.perf_counter()
+    torch.mm(a, b)  # warm-up: kernel selection, first-touch allocation
+    while time.perf_counter() - start < min_s or best == float("inf"):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e12
+
+
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype) -> dict:
+    """{"tflops", "source": "measured"|"cache", "side"}: cached per machine and dtype under CACHE."""
+    key = machine_key(device, dtype)
+    try:
+        cache = json.loads(CACHE.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key] | {"source": "cache"}
+    entry = {"tflops": measure_peak_tflops(device, dtype), "side": SIDE[device.type], "dtype": str(dtype),
+             "date": time.strftime("%Y-%m-%d")}
+    try:
+        CACHE.parent.mkdir(parents=True, exist_ok=True)
+        CACHE.write_text(json.dumps(cache | {key: entry}, indent=2) + "\n")
+    except OSError:  # a read-only home: measure again next time
+        pass
+    return entry | {"source": "measured"}
+
+
+def roofline(achieved_tflops: float, device: torch.device, dtype: torch.dtype) -> dict:
+    """The run's achieved TFLOP/s as a fraction of this machine's dense-matmul peak in the run's compute dtype."""
+    peak = matmul_peak_tflops(device, dtype)
+    return {"matmul_peak_tflops": peak["tflops"], "matmul_peak_source": peak["source"],
+            "roofline_fraction": achieved_tflops / peak["tflops"] if peak["tflops"] else None}
