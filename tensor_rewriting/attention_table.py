@@ -64,6 +64,10 @@ def make_parser() -> argparse.ArgumentParser:
                         "padded: each row ends in padding, as with a padded batch of prompts")
     p.add_argument("--pad-range", type=float, nargs=2, default=[0.10, 0.25], metavar=("LOW", "HIGH"),
                    help="padded rows: the padded share of each row is drawn uniformly from [LOW, HIGH]")
+    p.add_argument("--layers", type=int, default=None,
+                   help="keep only the first N decoder layers (default: all). Every layer does the same work, so "
+                        "the eager/SDPA ratio holds at full depth while a grid costs N/depth of the time; "
+                        "per-token latency and weights are the cut model's")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="weights and activations")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads; unset: torch's own default")
@@ -89,6 +93,9 @@ def check_args(args) -> None:
         raise UsageError(f"--pad-range must satisfy 0 <= LOW <= HIGH < 1, got {low} {high}")
     if args.warmup < 1 or args.repeats < 1:
         raise UsageError(f"--warmup and --repeats must be at least 1, got {args.warmup} and {args.repeats}")
+    depth = PRESETS[args.model]["num_hidden_layers"]
+    if args.layers is not None and not 1 <= args.layers <= depth:
+        raise UsageError(f"--layers must be between 1 and {args.model}'s {depth}, got {args.layers}")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
 
@@ -255,7 +262,8 @@ def latency_cell(side: dict) -> str:
 
 def markdown(rows: list[dict], meta: dict) -> str:
     env = meta["environment"]
-    lines = [f"# Attention kernels: eager vs SDPA, {meta['model']} ({meta['dtype']}, {meta['device']})", "",
+    cut = f" cut to {meta['layers']} of {meta['preset_layers']} layers" * (meta["layers"] < meta["preset_layers"])
+    lines = [f"# Attention kernels: eager vs SDPA, {meta['model']}{cut} ({meta['dtype']}, {meta['device']})", "",
              f"- device: {env['device_name']} ({env['device_type']}), {env['torch_threads']} torch threads, "
              f"torch {env['torch']}, transformers {env['transformers']}",
              f"- date: {env['date']}; git commit: {env['git_commit']}",
@@ -291,7 +299,8 @@ def main():
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = random_model(args.model, args.seed, DTYPES[args.dtype], device)
+    depth = PRESETS[args.model]["num_hidden_layers"]
+    model = random_model(args.model, args.seed, DTYPES[args.dtype], device, num_hidden_layers=args.layers or depth)
     generator = torch.Generator().manual_seed(args.seed)
     grid = [(b, t, m) for b in args.batch_sizes for t in args.seq_lens for m in args.masks]
     with torch.inference_mode():
@@ -301,7 +310,8 @@ def main():
         rows = measure_grid(model, grid, args, generator, device)
     weights = weight_bytes(model)
 
-    meta = {"model": args.model, "weights": "random", "dtype": args.dtype, "device": device.type,
+    meta = {"model": args.model, "weights": "random", "layers": args.layers or depth, "preset_layers": depth,
+            "dtype": args.dtype, "device": device.type,
             "warmup": args.warmup, "repeats": args.repeats, "pad_range": args.pad_range, "seed": args.seed,
             "weights_mb": weights / MB,
             "timed": "model.biogpt(input_ids, attention_mask, position_ids), use_cache=False",

@@ -31,8 +31,8 @@ def run_script(argv, monkeypatch):
 
 
 def test_script_writes_the_table(tmp_path, monkeypatch):
-    run_script(["--model", "tiny-random", "--batch-sizes", "2", "--seq-lens", "32", "--repeats", "2",
-                "--out", str(tmp_path)], monkeypatch)
+    run_script(["--model", "tiny-random", "--layers", "1", "--batch-sizes", "2", "--seq-lens", "32",
+                "--repeats", "2", "--out", str(tmp_path)], monkeypatch)
     header = (tmp_path / "table.md").read_text().split("\n| batch_size")[1].splitlines()[0]
     for column in ("seq_len", "per-token latency eager (ms)", "per-token latency SDPA (ms)", "speedup (%)",
                    "mem eager (MB)", "mem SDPA (MB)", "mem saved (%)", "max abs Δ hidden (tol)"):
@@ -45,6 +45,7 @@ def test_script_writes_the_table(tmp_path, monkeypatch):
         assert len(row["eager"]["samples_ms"]) == len(row["sdpa"]["samples_ms"]) == 2
     assert report["meta"]["environment"]["device_name"] and report["meta"]["environment"]["torch_threads"]
     assert "--seq-lens 32" in report["meta"]["command"]
+    assert report["meta"]["layers"] == 1 and report["meta"]["preset_layers"] == 2
 
 
 @pytest.mark.parametrize("padded", [False, True])
@@ -93,6 +94,7 @@ def test_allocation_peak_follows_time_order():
     (["--seq-lens", "-4"], "--seq-lens must be positive integers, got -4"),
     (["--model", "tiny-random", "--seq-lens", "4096"], "--seq-lens 4096 is beyond tiny-random's 2048 positions"),
     (["--repeats", "0"], "--warmup and --repeats must be at least 1"),
+    (["--model", "biogpt-base-random", "--layers", "25"], "--layers must be between 1 and biogpt-base-random's 24"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, message, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
