@@ -86,7 +86,13 @@ def build_variant(name: str, args, answer_ids):
         return module
     # NB: torch.compile(options={"freezing": True}) is silently ignored (freezing is decided outside the
     # options patch); the inductor config has to be set while the first call compiles: see main().
-    return torch.compile(module, backend="inductor", dynamic=False)
+    # Each variant gets its own code object: dynamo caches compiled graphs per code object and its guards do
+    # not tell two same-shaped AnswerLogits modules apart, so torch.compile(module) of a second variant silently
+    # reuses the first variant's compiled graph (other inductor config, other weights' constants).
+    ns = {}
+    exec(compile("def score(a, b, c, d):\n    return module(a, b, c, d)\n", f"<probe variant {name}>", "exec"),
+         {"module": module}, ns)
+    return torch.compile(ns["score"], backend="inductor", dynamic=False)
 
 
 def grad_ctx(mode: str):
@@ -175,6 +181,9 @@ def main():
         with torch._inductor.config.patch(options):
             run(fns[n], batches[0][2], args.mode)  # compile (under this variant's inductor config) + first run
         compile_s[n] = time.perf_counter() - t
+        if VARIANTS[n][1]:  # proof it compiled its own graph: dynamo's count of unique graphs so far
+            from torch._dynamo.utils import counters
+            print(f"  dynamo unique graphs so far: {counters['stats']['unique_graphs']}", flush=True)
         print(f"built {n}: {compile_s[n]:.1f} s (build + compile + 1 run)", flush=True)
 
     if prof_names:
