@@ -29,17 +29,15 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # this folder's own modules
-
 import torch
 from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
-from evaluation import PRESETS, UsageError, resolve_device, run_main, weight_bytes
+from evaluation import PRESETS, UsageError, footprint_bytes, resolve_device, run_main
 from evaluation.modeling import DTYPES, random_model
 from evaluation.results import environment
 from evaluation.telemetry import Clock, latency_stats
-from hot_path import TOLERANCE
+from tensor_rewriting.hot_path import TOLERANCE
 
 IMPLEMENTATIONS = ("eager", "sdpa")
 MB = 2**20
@@ -244,7 +242,7 @@ def measure_cell(model, inputs: dict, args, device: torch.device, weights: int) 
 
 
 def measure_grid(model, grid, args, generator, device: torch.device) -> list[dict]:
-    weights = weight_bytes(model)
+    weights = footprint_bytes(model)
     rows = []
     bar = tqdm(grid, desc=f"{args.model} {args.dtype}", unit="cell")
     for batch, seq_len, mask in bar:
@@ -308,7 +306,7 @@ def main():
         for implementation in IMPLEMENTATIONS:
             check_attention_path(model, implementation, probe)
         rows = measure_grid(model, grid, args, generator, device)
-    weights = weight_bytes(model)
+    weights = footprint_bytes(model)
 
     meta = {"model": args.model, "weights": "random", "layers": args.layers or depth, "preset_layers": depth,
             "dtype": args.dtype, "device": device.type,

@@ -7,12 +7,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from evaluation.modeling import random_model
+from tensor_rewriting import attention_table as at
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tensor_rewriting" / "attention_table.py"
-sys.path.insert(0, str(ROOT / "tensor_rewriting"))
-
-import attention_table as at  # noqa: E402
-from evaluation.modeling import random_model  # noqa: E402
 
 CPU = torch.device("cpu")
 
