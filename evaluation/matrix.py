@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -30,6 +31,7 @@ PRUNING = "pruning/pruning.py"
 PTQ = "quantization/quant_int8_dynamic_eval.py"
 QAT = "quantization/qat.py"
 COMPILE = "tensor_rewriting/tensor_experiments.py"
+ATTENTION = "tensor_rewriting/attention_experiments.py"
 CUDA_ONLY = "cuda"
 FP8_GPU = "cuda-sm89"
 CPU_ONLY = "cpu"
@@ -80,17 +82,27 @@ def _variants() -> list[Variant]:
         cuda = backend == "cudagraphs"
         v.append(Variant(f"tensor-{backend}-{mode}", COMPILE, ("--backend", backend, "--mode", mode),
                          CUDA_ONLY if cuda else None, "CUDA graphs exist on CUDA only" if cuda else ""))
+    v.append(Variant("tensor-inductor-default-bfloat16", COMPILE,
+                     ("--backend", "inductor", "--mode", "default", "--dtype", "bfloat16")))
+    v += [Variant(f"attention-{k}", ATTENTION, ("--kernel", k), CUDA_ONLY if k in ("sdpa-efficient", "sdpa-cudnn")
+                  else None, "PyTorch's CPU build has the math and flash SDPA kernels only")
+          for k in ("eager", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn")]
     return v
 
 
 VARIANTS = _variants()
 TECHNIQUES = sorted({v.technique for v in VARIANTS})
+# The CPU benchmark: the fp32 reference and what a CPU user would pick (a 16-bit cast, dynamic int8, inductor in
+# fp32 and bf16, eager attention as the control of the SDPA default).
+SUITES = {"cpu": ["baseline", "precision-bfloat16", "quantization-dynamic-int8", "tensor-inductor-default",
+                  "tensor-inductor-default-bfloat16", "attention-eager"]}
 
 
-def select(techniques: list[str] | None, only: str | None) -> list[Variant]:
-    """The baseline (always: it is every run's reference), then the variants of these techniques / this regex."""
+def select(techniques: list[str] | None, only: str | None, suite: str | None = None) -> list[Variant]:
+    """The baseline (always: it is every run's reference), then the variants of these techniques / this regex /
+    this suite."""
     chosen = [v for v in VARIANTS[1:] if (not techniques or v.technique in techniques)
-              and (not only or re.search(only, v.name))]
+              and (not only or re.search(only, v.name)) and (not suite or v.name in SUITES[suite])]
     return VARIANTS[:1] + chosen
 
 
@@ -112,13 +124,14 @@ def write_error(run_dir: Path, record: dict) -> None:
     (run_dir / "error.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
-def run_variant(v: Variant, out: Path, common: list[str], reference: Path | None) -> dict:
+def run_variant(v: Variant, out: Path, common: list[str], reference: Path | None, threads: int | None = None) -> dict:
     """One process; its stderr goes to the terminal and its last 40 lines into error.json on failure."""
     cmd = [sys.executable, v.script, *v.flags, *common, "--output-dir", str(out), "--run-name", v.name]
     cmd += ["--reference", str(reference)] if reference else []
     print(f"\n=== {v.name}: {shlex.join(cmd)}", flush=True)
     tail: collections.deque = collections.deque(maxlen=40)
-    with subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True, errors="replace") as proc:
+    env = None if threads is None else os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True, errors="replace", env=env) as proc:
         for line in proc.stderr:
             sys.stderr.write(line)
             tail.append(line.rstrip("\n").split("\r")[-1])  # progress-bar redraws collapsed
@@ -131,7 +144,8 @@ def run_variant(v: Variant, out: Path, common: list[str], reference: Path | None
     return {"name": v.name, "status": "failed", "returncode": proc.returncode}
 
 
-def run_matrix(variants: list[Variant], out: Path, common: list[str], resume: bool = False) -> list[dict]:
+def run_matrix(variants: list[Variant], out: Path, common: list[str], resume: bool = False,
+               threads: int | None = None) -> list[dict]:
     device = device_kind(common)
     print(f"matrix: {len(variants)} variant(s) on {device}, results in {out}, common options: {shlex.join(common)}")
     outcomes, reference = [], None
@@ -149,7 +163,7 @@ def run_matrix(variants: list[Variant], out: Path, common: list[str], resume: bo
             print(f"\n=== {v.name} SKIPPED (known broken here): {why}")
             outcome = {"name": v.name, "status": "skipped", "reason": why}
         else:
-            outcome = run_variant(v, out, common, reference)
+            outcome = run_variant(v, out, common, reference, threads)
         if v.name == "baseline" and (run_dir / "results.json").is_file():
             reference = run_dir
         outcomes.append(outcome)
@@ -195,6 +209,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--technique", nargs="+", choices=TECHNIQUES, default=None,
                    help="Run only these techniques' variants (the baseline always runs first).")
     p.add_argument("--only", default=None, help="Run only the variants whose name matches this regular expression.")
+    p.add_argument("--suite", choices=sorted(SUITES), default=None,
+                   help="Run a named set of variants: cpu is the CPU benchmark the README's main table comes from.")
+    p.add_argument("--threads", type=int, default=None,
+                   help="Pin every run to this many threads (OMP_NUM_THREADS), so runs compare on equal terms.")
     p.add_argument("--resume", action="store_true", help="Keep every run that already has a results.json in OUT.")
     p.add_argument("--list", action="store_true", help="Print the variants with their flags and exit.")
     p.add_argument("--write-sweeps", action="store_true", help="Rewrite sweeps/*.yaml from this list and exit.")
@@ -211,13 +229,13 @@ def main(argv=None):
     clash = [a for a in common if a.split("=")[0] in ("--output-dir", "--run-name", "--reference")]
     if clash:
         raise UsageError(f"{', '.join(clash)}: the matrix sets these itself (results go to --out)")
-    variants = select(args.technique, args.only)
+    variants = select(args.technique, args.only, args.suite)
     if args.list:
         print("\n".join(f"{v.name:40s} {v.script} {shlex.join(v.flags)}"
                         + (f"  [needs {v.needs}: {v.reason}]" if v.needs else "") for v in variants))
         return
     out = Path(args.out or f"results/matrix-{time.strftime('%Y%m%d-%H%M%S')}")
-    outcomes = run_matrix(variants, out, common, args.resume)
+    outcomes = run_matrix(variants, out, common, args.resume, args.threads)
     from .report import build_report
 
     report = build_report([out], out)

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
 MODULES = {matrix.PRECISION: "precision_reduction.precision_experiments", matrix.PRUNING: "pruning.pruning",
            matrix.PTQ: "quantization.quant_int8_dynamic_eval", matrix.QAT: "quantization.qat",
-           matrix.COMPILE: "tensor_rewriting.tensor_experiments"}
+           matrix.COMPILE: "tensor_rewriting.tensor_experiments",
+           matrix.ATTENTION: "tensor_rewriting.attention_experiments"}
 
 
 def agent_args(params: dict) -> list[str]:
