@@ -1,6 +1,7 @@
 """evaluation.report on hand-made results (missing fields, random weights, two devices, two question sets, failed
 and skipped runs), on a real baseline run, and the matrix's control flow (evaluation.matrix) with stub scripts."""
 import copy
+import csv
 import json
 import subprocess
 import sys
@@ -30,14 +31,24 @@ TEMPLATE = {
 
 def make_run(root: Path, name: str, *, technique="baseline", variant="fp32-eager", device="cpu", weights="random",
              qps=50.0, p50=20.0, peak=600.0, energy=None, accuracy=0.35, agreement=None, reference=None,
-             pmids=PMIDS_20, drop=(), **config) -> Path:
-    """A results.json in the harness' layout (+ predictions.json); `drop`: dotted keys to delete."""
+             pmids=PMIDS_20, drop=(), preds=None, golds=None, pass_s=None, per_question=True, footprint=None,
+             metrics=None, **config) -> Path:
+    """A results.json in the harness' layout (+ predictions.json, + per_question.csv with logits unless
+    per_question=False); `drop`: dotted keys to delete. preds/golds: one label per PMID (default: all "yes"
+    against 7 "yes" then "no": accuracy 0.35); pass_s: the timed passes (default three of n/qps seconds);
+    metrics: merged into results["metrics"]."""
+    preds = preds or ["yes"] * len(pmids)
+    golds = golds or ["yes" if i < 7 else "no" for i in range(len(pmids))]
     r = copy.deepcopy(TEMPLATE)
     r["config"].update(technique=technique, variant=variant, run_name=name, **config)
     r["run"].update(run_name=name, weights=weights)
     r["model"]["weights"] = weights
     m = r["metrics"]
     m.update(n=len(pmids), accuracy=accuracy, throughput_qps=qps)
+    m["pass_wall_s_samples"] = pass_s if pass_s is not None else [len(pmids) / qps] * 3
+    m.update(metrics or {})
+    if footprint is not None:
+        r["model"]["footprint_bytes"] = footprint
     m["latency_question_ms"].update(p50=p50, p99=1.5 * p50)
     if device == "cuda":
         r["environment"].update(device_type="cuda", device_name="Test GPU")
@@ -56,7 +67,15 @@ def make_run(root: Path, name: str, *, technique="baseline", variant="fp32-eager
     run_dir = root / name
     run_dir.mkdir(parents=True)
     (run_dir / "results.json").write_text(json.dumps(r))
-    (run_dir / "predictions.json").write_text(json.dumps({p: "yes" for p in pmids}))
+    (run_dir / "predictions.json").write_text(json.dumps(dict(zip(pmids, preds))))
+    if per_question:
+        with open(run_dir / "per_question.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["pmid", "gold", "prediction", "logit_yes", "logit_no", "logit_maybe", "latency_ms", "tokens",
+                        "truncated_tokens"])
+            for pmid, gold, pred in zip(pmids, golds, preds):
+                w.writerow([pmid, gold, pred, *(1.0 if x == pred else 0.0 for x in ("yes", "no", "maybe")),
+                            p50, 100, 0])
     return run_dir
 
 
@@ -68,7 +87,7 @@ def results_root(tmp_path):
              p50=10.0, peak=300.0, agreement=90.0, reference="baseline-cpu")
     # no telemetry at all, no latency: must still be listed
     make_run(root, "pruning-old", technique="pruning", variant="unstructured-0.5", qps=40.0,
-             drop=("metrics.telemetry", "metrics.latency_question_ms"), agreement=70.0, reference="baseline-cpu")
+             drop=("metrics.telemetry", "metrics.latency_question_ms", "model.footprint_bytes"), agreement=70.0, reference="baseline-cpu")
     make_run(root, "baseline-gpu", device="cuda", qps=400.0, p50=2.5, peak=4000.0, energy=0.20)
     make_run(root, "precision-bf16-gpu", technique="precision", variant="bfloat16", device="cuda", qps=1200.0,
              p50=0.8, peak=2000.0, energy=0.05, agreement=95.0, reference="baseline-gpu")
@@ -99,6 +118,14 @@ def rows_by_run(rep):
     return {r["run"]: r for r in rep["rows"]}
 
 
+def cell(md: str, run: str, column: str) -> str:
+    """The cell of report.md's quality or speed table in `column` for `run`."""
+    table, columns = ((md.split("### Quality")[1].split("### Speed")[0], report.QUALITY_COLUMNS)
+                      if column in report.QUALITY_COLUMNS else (md.split("### Speed")[1], report.SPEED_COLUMNS))
+    line = next(x for x in table.splitlines() if x.startswith("|") and f"`{run}`" in x)
+    return [c.strip() for c in line.strip().strip("|").split(" | ")][columns.index(column)]
+
+
 def test_report_groups_ratios_and_failures(results_root, tmp_path):
     out = tmp_path / "out"
     rep = report.build_report([results_root], out)
@@ -113,7 +140,7 @@ def test_report_groups_ratios_and_failures(results_root, tmp_path):
     assert rows["tensor-inductor-10q"]["group"] != rows["baseline-cpu"]["group"]
     # ratios only against the baseline of the same group
     assert rows["precision-bf16-cpu"]["speedup"] == pytest.approx(2.0)
-    assert rows["precision-bf16-cpu"]["mem_ratio"] == pytest.approx(0.5)
+    assert rows["precision-bf16-cpu"]["mem_ratio"] == pytest.approx(1.0)  # CPU: footprint, not RSS
     assert rows["precision-bf16-gpu"]["speedup"] == pytest.approx(3.0)
     assert rows["precision-bf16-gpu"]["mem_ratio"] == pytest.approx(0.5)
     assert rows["tensor-inductor-10q"]["speedup"] is None
@@ -137,17 +164,17 @@ def test_report_groups_ratios_and_failures(results_root, tmp_path):
     md = (out / "report.md").read_text()
     tables = md.split("## Runs")[1]  # the run table and the failed-run table, not the group legend
 
-    def line(run):
-        return next(x for x in tables.splitlines() if f"`{run}`" in x and x.startswith("|"))
-    assert "0.350 (random)" in line("precision-bf16-cpu")
+    def line(run):  # the run's rows of the quality and the speed table, one after the other
+        return " ".join(x for x in tables.splitlines() if f"`{run}`" in x and x.startswith("|"))
+    assert "0.350 [0.150, 0.550] (random)" in line("precision-bf16-cpu")
     assert "0.780" in line("baseline-real") and "(random)" not in line("baseline-real")
     assert "2.00×" in line("precision-bf16-cpu") and "3.00×" in line("precision-bf16-gpu")
     assert "(RSS)" in line("precision-bf16-cpu") and "(GPU)" in line("precision-bf16-gpu")
-    assert "ref" in line("baseline-cpu").split("|")[11]
+    assert cell(md, "baseline-cpu", "agreement %") == "ref"
     assert "RuntimeError: no int8 kernel" in line("quantization-dynamic-int8")
     assert "skipped" in line("precision-fp8") and "compute capability" in line("precision-fp8")
     assert "unreadable results.json" in line("broken")
-    assert "none (no ratios)" in md
+    assert "none (no comparisons)" in md
     assert "offline-run-x" not in md and ".precision-int8" not in md
     for name in ("quality_vs_latency", "memory_vs_throughput", "energy_per_question"):
         png = out / "plots" / f"{name}.png"
