@@ -66,7 +66,7 @@ def scatter(ax, rows, xs, ys, colors):
     for i, r in enumerate(sorted(rows, key=lambda r: r["plot_id"])):
         ax.annotate(f"{r['plot_id']:>2}  {r['technique']}/{r['variant']}"
                     + (" (random w.)" if r["weights"] == "random" else "")
-                    + ("  ! repeats disagree in timing" if r.get("repeat_flag") else ""),
+                    + ("  (!: repeats disagree)" if r.get("repeat_flag") else ""),
                     (1.02, 1.0), xycoords="axes fraction", xytext=(0, -9 * i), textcoords="offset points",
                     va="top", fontsize=7, color=colors[r["technique"]], annotation_clip=False)
     ax.margins(0.12)
@@ -120,16 +120,19 @@ def log_if_wide(ax, values):
 
 
 def left_out_lines(ax, rows_left: list[tuple[dict, str]], offset: int):
-    """Under the key beside the panel: the runs of this group not drawn, each with the reason."""
+    """Under the key beside the panel: the runs of this group not drawn, each with the reason (wrapped)."""
+    import textwrap
+
     if not rows_left:
         return
-    ax.annotate("left out:", (1.02, 1.0), xycoords="axes fraction", xytext=(0, -9 * offset - 4),
-                textcoords="offset points", va="top", fontsize=7, fontweight="bold", color="dimgray",
-                annotation_clip=False)
-    for i, (r, why) in enumerate(rows_left, 1):
-        ax.annotate(f"{r['plot_id']:>2}  {r['technique']}/{r['variant']}: {why}", (1.02, 1.0),
-                    xycoords="axes fraction", xytext=(0, -9 * (offset + i) - 4), textcoords="offset points",
-                    va="top", fontsize=7, color="dimgray", annotation_clip=False)
+    lines = ["left out:"]
+    for r, why in rows_left:
+        lines += textwrap.wrap(f"{r['plot_id']:>2}  {r['technique']}/{r['variant']}: {why}", 62,
+                               subsequent_indent="      ")
+    for i, text in enumerate(lines):
+        ax.annotate(text, (1.02, 1.0), xycoords="axes fraction", xytext=(0, -9 * (offset + i) - 4),
+                    textcoords="offset points", va="top", fontsize=7, color="dimgray",
+                    fontweight="bold" if i == 0 else "normal", annotation_clip=False)
 
 
 def quality_of(r: dict, random: bool, base: dict | None):
