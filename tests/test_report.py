@@ -1,7 +1,9 @@
 """evaluation.report on hand-made results (missing fields, random weights, two devices, two question sets, failed
 and skipped runs), on a real baseline run, and the matrix's control flow (evaluation.matrix) with stub scripts."""
 import copy
+import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,14 +32,24 @@ TEMPLATE = {
 
 def make_run(root: Path, name: str, *, technique="baseline", variant="fp32-eager", device="cpu", weights="random",
              qps=50.0, p50=20.0, peak=600.0, energy=None, accuracy=0.35, agreement=None, reference=None,
-             pmids=PMIDS_20, drop=(), **config) -> Path:
-    """A results.json in the harness' layout (+ predictions.json); `drop`: dotted keys to delete."""
+             pmids=PMIDS_20, drop=(), preds=None, golds=None, pass_s=None, per_question=True, footprint=None,
+             metrics=None, **config) -> Path:
+    """A results.json in the harness' layout (+ predictions.json, + per_question.csv with logits unless
+    per_question=False); `drop`: dotted keys to delete. preds/golds: one label per PMID (default: all "yes"
+    against 7 "yes" then "no": accuracy 0.35); pass_s: the timed passes (default three of n/qps seconds);
+    metrics: merged into results["metrics"]."""
+    preds = preds or ["yes"] * len(pmids)
+    golds = golds or ["yes" if i < 7 else "no" for i in range(len(pmids))]
     r = copy.deepcopy(TEMPLATE)
     r["config"].update(technique=technique, variant=variant, run_name=name, **config)
     r["run"].update(run_name=name, weights=weights)
     r["model"]["weights"] = weights
     m = r["metrics"]
     m.update(n=len(pmids), accuracy=accuracy, throughput_qps=qps)
+    m["pass_wall_s_samples"] = pass_s if pass_s is not None else [len(pmids) / qps] * 3
+    m.update(metrics or {})
+    if footprint is not None:
+        r["model"]["footprint_bytes"] = footprint
     m["latency_question_ms"].update(p50=p50, p99=1.5 * p50)
     if device == "cuda":
         r["environment"].update(device_type="cuda", device_name="Test GPU")
@@ -56,7 +68,15 @@ def make_run(root: Path, name: str, *, technique="baseline", variant="fp32-eager
     run_dir = root / name
     run_dir.mkdir(parents=True)
     (run_dir / "results.json").write_text(json.dumps(r))
-    (run_dir / "predictions.json").write_text(json.dumps({p: "yes" for p in pmids}))
+    (run_dir / "predictions.json").write_text(json.dumps(dict(zip(pmids, preds))))
+    if per_question:
+        with open(run_dir / "per_question.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["pmid", "gold", "prediction", "logit_yes", "logit_no", "logit_maybe", "latency_ms", "tokens",
+                        "truncated_tokens"])
+            for pmid, gold, pred in zip(pmids, golds, preds):
+                w.writerow([pmid, gold, pred, *(1.0 if x == pred else 0.0 for x in ("yes", "no", "maybe")),
+                            p50, 100, 0])
     return run_dir
 
 
@@ -68,7 +88,7 @@ def results_root(tmp_path):
              p50=10.0, peak=300.0, agreement=90.0, reference="baseline-cpu")
     # no telemetry at all, no latency: must still be listed
     make_run(root, "pruning-old", technique="pruning", variant="unstructured-0.5", qps=40.0,
-             drop=("metrics.telemetry", "metrics.latency_question_ms"), agreement=70.0, reference="baseline-cpu")
+             drop=("metrics.telemetry", "metrics.latency_question_ms", "model.footprint_bytes"), agreement=70.0, reference="baseline-cpu")
     make_run(root, "baseline-gpu", device="cuda", qps=400.0, p50=2.5, peak=4000.0, energy=0.20)
     make_run(root, "precision-bf16-gpu", technique="precision", variant="bfloat16", device="cuda", qps=1200.0,
              p50=0.8, peak=2000.0, energy=0.05, agreement=95.0, reference="baseline-gpu")
@@ -99,6 +119,14 @@ def rows_by_run(rep):
     return {r["run"]: r for r in rep["rows"]}
 
 
+def cell(md: str, run: str, column: str) -> str:
+    """The cell of report.md's quality or speed table in `column` for `run`."""
+    table, columns = ((md.split("### Quality")[1].split("### Speed")[0], report.QUALITY_COLUMNS)
+                      if column in report.QUALITY_COLUMNS else (md.split("### Speed")[1], report.SPEED_COLUMNS))
+    line = next(x for x in table.splitlines() if x.startswith("|") and f"`{run}`" in x)
+    return [c.strip() for c in line.strip().strip("|").split(" | ")][columns.index(column)]
+
+
 def test_report_groups_ratios_and_failures(results_root, tmp_path):
     out = tmp_path / "out"
     rep = report.build_report([results_root], out)
@@ -113,7 +141,7 @@ def test_report_groups_ratios_and_failures(results_root, tmp_path):
     assert rows["tensor-inductor-10q"]["group"] != rows["baseline-cpu"]["group"]
     # ratios only against the baseline of the same group
     assert rows["precision-bf16-cpu"]["speedup"] == pytest.approx(2.0)
-    assert rows["precision-bf16-cpu"]["mem_ratio"] == pytest.approx(0.5)
+    assert rows["precision-bf16-cpu"]["mem_ratio"] == pytest.approx(1.0)  # CPU: footprint, not RSS
     assert rows["precision-bf16-gpu"]["speedup"] == pytest.approx(3.0)
     assert rows["precision-bf16-gpu"]["mem_ratio"] == pytest.approx(0.5)
     assert rows["tensor-inductor-10q"]["speedup"] is None
@@ -137,17 +165,17 @@ def test_report_groups_ratios_and_failures(results_root, tmp_path):
     md = (out / "report.md").read_text()
     tables = md.split("## Runs")[1]  # the run table and the failed-run table, not the group legend
 
-    def line(run):
-        return next(x for x in tables.splitlines() if f"`{run}`" in x and x.startswith("|"))
-    assert "0.350 (random)" in line("precision-bf16-cpu")
+    def line(run):  # the run's rows of the quality and the speed table, one after the other
+        return " ".join(x for x in tables.splitlines() if f"`{run}`" in x and x.startswith("|"))
+    assert "0.350 [0.150, 0.550] (random)" in line("precision-bf16-cpu")
     assert "0.780" in line("baseline-real") and "(random)" not in line("baseline-real")
     assert "2.00×" in line("precision-bf16-cpu") and "3.00×" in line("precision-bf16-gpu")
     assert "(RSS)" in line("precision-bf16-cpu") and "(GPU)" in line("precision-bf16-gpu")
-    assert "ref" in line("baseline-cpu").split("|")[11]
+    assert cell(md, "baseline-cpu", "agreement %") == "ref"
     assert "RuntimeError: no int8 kernel" in line("quantization-dynamic-int8")
     assert "skipped" in line("precision-fp8") and "compute capability" in line("precision-fp8")
     assert "unreadable results.json" in line("broken")
-    assert "none (no ratios)" in md
+    assert "none (no comparisons)" in md
     assert "offline-run-x" not in md and ".precision-int8" not in md
     for name in ("quality_vs_latency", "memory_vs_throughput", "energy_per_question"):
         png = out / "plots" / f"{name}.png"
@@ -191,6 +219,9 @@ def test_wandb_offline_table(results_root, tmp_path, monkeypatch):
     assert tables == {"report", "failed_runs"}
     table = json.loads(next(run.glob("files/media/table/report_*.table.json")).read_text())
     assert len(table["data"]) == 7 and "speedup" in table["columns"]
+    assert {"accuracy_ci_low", "accuracy_ci_high", "macro_f1_ci_low", "mcnemar_p", "right_to_wrong", "wrong_to_right",
+            "accuracy_diff_ci_low", "speedup_ci_low", "speedup_ci_high", "significant_speedup",
+            "distinguishable"} <= set(table["columns"])
     assert len(list(run.glob("files/media/images/*.png"))) == 3
 
 
@@ -269,3 +300,140 @@ def test_matrix_refuses_options_it_sets(capsys):
     with pytest.raises(SystemExit) as e:
         run_main(lambda: matrix.main(["--", "--output-dir", "x"]))
     assert e.value.code == 2 and "the matrix sets these itself" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- issues 14, 15 and 16 in the report
+
+def test_quality_plot_without_reference_and_runs_left_out(tmp_path):
+    """No run has --reference fidelity: agreement and KL come from per_question.csv against the group's baseline,
+    the quality plot is not empty, and the runs it can't draw are listed with the reason, in report.md too."""
+    root = tmp_path / "results"
+    make_run(root, "baseline")
+    make_run(root, "precision-int4", technique="precision", variant="int4", qps=80.0,
+             preds=["no", "maybe"] + ["yes"] * 18)
+    make_run(root, "pruning-old", technique="pruning", variant="block-0.5", per_question=False)
+    make_run(root, "quant-nolatency", technique="quantization", variant="dynamic-int8",
+             drop=("metrics.latency_question_ms",))
+    rep = report.build_report([root], root)
+    rows = rows_by_run(rep)
+    assert rows["precision-int4"]["agreement"] == pytest.approx(90.0)
+    assert rows["precision-int4"]["mean_kl"] > 0 and rows["precision-int4"]["reference"] == "baseline"
+    quality = rep["plot_info"]["quality_vs_latency"]
+    (group,) = quality["groups"].values()
+    assert set(group["points"]) == {"baseline", "precision-int4"}
+    assert group["ylabel"] == "agreement with the group baseline (%)"
+    left = {x["run"]: x["reason"] for x in quality["left_out"]}
+    assert set(left) == {"pruning-old", "quant-nolatency"}
+    assert "no per_question.csv" in left["pruning-old"] and "no latency" in left["quant-nolatency"]
+    md = (root / "report.md").read_text()
+    assert cell(md, "precision-int4", "vs run") == "`baseline` (csv)"
+    assert cell(md, "precision-int4", "agreement %") == "90.0"
+    section = md.split("Left out of `quality_vs_latency.png`")[1].split("![")[0]
+    assert "`pruning-old`: random weights, no --reference fidelity and no per_question.csv" in section
+    assert "`quant-nolatency`: no latency recorded" in section
+
+
+def test_one_point_pareto_front_is_drawn_and_accuracy_axis_is_0_to_1(tmp_path):
+    root = tmp_path / "results"
+    make_run(root, "baseline-real", weights="real", accuracy=0.78)
+    rep = report.build_report([root], root)
+    (group,) = rep["plot_info"]["quality_vs_latency"]["groups"].values()
+    assert group["front"] == ["baseline-real"] and group["front_vertices"] >= 3  # a visible staircase
+    assert group["ylabel"] == "accuracy (0–1)"
+    assert "No run left out of `quality_vs_latency.png`" in (root / "report.md").read_text()
+
+
+def test_memory_plot_uses_footprint_on_cpu_and_nvml_for_tvm_on_gpu(tmp_path):
+    root = tmp_path / "results"
+    make_run(root, "baseline-cpu", footprint=16 * 2**20, peak=600.0)
+    make_run(root, "int4-cpu", technique="quantization", variant="int4", footprint=4 * 2**20, peak=601.0)
+    make_run(root, "baseline-gpu", device="cuda", peak=4000.0, metrics={"telemetry": {
+        "gpu_mem_used_peak_mib": 4500.0, "energy_j_per_question": 0.2, "nvml_error": None}})
+    make_run(root, "tensor-tvm", device="cuda", technique="tensor_rewriting", variant="tvm-default", peak=50.0,
+             options={"backend": "tvm", "mode": "default"}, metrics={"telemetry": {
+                 "gpu_mem_used_peak_mib": 5400.0, "energy_j_per_question": 0.3, "nvml_error": None}})
+    rep = report.build_report([root], root)
+    rows = rows_by_run(rep)
+    groups = rep["plot_info"]["memory_vs_throughput"]["groups"]
+    cpu, gpu = groups[rows["baseline-cpu"]["group"]], groups[rows["baseline-gpu"]["group"]]
+    assert cpu["values"] == {"baseline-cpu": 16.0, "int4-cpu": 4.0} and "footprint" in cpu["ylabel"]
+    assert rows["int4-cpu"]["mem_ratio"] == pytest.approx(0.25)
+    assert gpu["values"] == {"baseline-gpu": 4000.0, "tensor-tvm": 5400.0}
+    assert gpu["sources"]["tensor-tvm"] == "NVML used" and "NVML" in gpu["ylabel"]
+    assert rows["tensor-tvm"]["mem_ratio"] == pytest.approx(5400 / 4500)  # NVML against the baseline's NVML
+    md = (root / "report.md").read_text()
+    assert cell(md, "tensor-tvm", "peak MiB") == "5,400 (NVML)"
+    assert "TVM allocates outside PyTorch's allocator" in md
+
+
+def test_repeats_whose_timings_disagree_are_flagged(tmp_path):
+    root = tmp_path / "results"
+    make_run(root, "baseline", pass_s=[0.40, 0.41, 0.39])
+    make_run(root, "int8-a", technique="quantization", variant="dynamic-int8", pass_s=[0.20, 0.21, 0.19])
+    make_run(root, "int8-b", technique="quantization", variant="dynamic-int8", pass_s=[0.40, 0.42, 0.38])
+    make_run(root, "bf16-a", technique="precision", variant="bfloat16", pass_s=[0.30, 0.31, 0.29])
+    make_run(root, "bf16-b", technique="precision", variant="bfloat16", pass_s=[0.31, 0.32, 0.30])
+    rep = report.build_report([root], root)
+    rows = rows_by_run(rep)
+    assert rows["int8-a"]["repeat_flag"] and rows["int8-b"]["repeat_flag"]
+    assert not rows["bf16-a"]["repeat_flag"] and not rows["bf16-b"]["repeat_flag"]  # 3 % apart: agree
+    md = (root / "report.md").read_text()
+    assert cell(md, "int8-a", "speed-up [95% CI]") == cell(md, "int8-b", "speed-up [95% CI]") == "⚠ repeats disagree"
+    assert cell(md, "bf16-a", "speed-up [95% CI]").startswith("1.33×")
+    assert "2 repeats of quantization/dynamic-int8 disagree in timing" in md
+    (group,) = rep["plot_info"]["quality_vs_latency"]["groups"].values()
+    assert not {"int8-a", "int8-b"} & set(group["front"])
+
+
+def test_interval_columns_and_a_hand_computed_mcnemar(tmp_path):
+    """Real weights, gold all "yes": the baseline gets q0-q14 right; the variant loses q0-q4 and gains q15.
+    b = 5, c = 1: exact McNemar p = 2 * P(X <= 1 | n=6, 1/2) = 2 * 7/64 = 0.21875: not significant."""
+    root = tmp_path / "results"
+    golds = ["yes"] * 20
+    make_run(root, "baseline", weights="real", golds=golds, preds=["yes"] * 15 + ["no"] * 5, accuracy=0.75)
+    make_run(root, "pruning-x", weights="real", technique="pruning", variant="x", golds=golds, accuracy=0.55,
+             preds=["no"] * 5 + ["yes"] * 10 + ["yes"] + ["no"] * 4)
+    rep = report.build_report([root], root)
+    row = rows_by_run(rep)["pruning-x"]
+    assert (row["right_to_wrong"], row["wrong_to_right"]) == (5, 1)
+    assert row["mcnemar_p"] == pytest.approx(14 / 64) and row["paired_basis"] == "correctness"
+    assert row["accuracy_diff"] == pytest.approx(-0.2) and row["distinguishable"] is False
+    md = (root / "report.md").read_text()
+    assert cell(md, "pruning-x", "flips →wrong / →right") == "5 / 1"
+    assert cell(md, "pruning-x", "McNemar p") == "0.22"
+    assert cell(md, "pruning-x", "quality change sig. 5%") == "no"
+    assert re.fullmatch(r"−0\.200 \[−0\.\d{3}, [−0-9.]+\]", cell(md, "pruning-x", "Δ accuracy [95% CI]"))
+    assert re.fullmatch(r"0\.550 \[0\.\d{3}, 0\.\d{3}\]", cell(md, "pruning-x", "accuracy [95% CI]"))
+    assert re.fullmatch(r"0\.750 \[0\.\d{3}, 0\.\d{3}\]", cell(md, "baseline", "accuracy [95% CI]"))
+    assert re.search(r"\[0\.\d{3}, 0\.\d{3}\]", cell(md, "pruning-x", "macro-F1 [95% CI]"))
+
+
+def test_speedup_interval_ns_and_percent_of_peak(tmp_path):
+    root = tmp_path / "results"
+    make_run(root, "baseline", pass_s=[1.0, 1.1, 0.9, 1.05, 0.95], metrics={"roofline_fraction": 0.123})
+    make_run(root, "fast", technique="precision", variant="bfloat16", pass_s=[0.5, 0.55, 0.45, 0.52, 0.48])
+    make_run(root, "same", technique="tensor_rewriting", variant="eager", pass_s=[0.98, 1.02, 1.0, 1.08, 0.92])
+    make_run(root, "old", technique="pruning", variant="block-0.5", qps=100.0, drop=("metrics.pass_wall_s_samples",))
+    rep = report.build_report([root], root)
+    rows = rows_by_run(rep)
+    assert rows["fast"]["speedup"] == pytest.approx(2.0) and rows["fast"]["significant_speedup"] is True
+    assert rows["same"]["speedup_ci_low"] < 1.0 < rows["same"]["speedup_ci_high"]
+    md = (root / "report.md").read_text()
+    fast, same = cell(md, "fast", "speed-up [95% CI]"), cell(md, "same", "speed-up [95% CI]")
+    assert re.fullmatch(r"2\.00× \[\d\.\d\d, \d\.\d\d\]", fast)
+    assert same.endswith(" n.s.") and same.startswith("1.00×")
+    assert cell(md, "fast", "speed change sig. 5%") == "yes (faster)"
+    assert cell(md, "same", "speed change sig. 5%") == "no"
+    assert cell(md, "old", "speed-up [95% CI]") == "2.00× (q/s ratio, no CI)"
+    assert cell(md, "baseline", "% of peak") == "12.3" and cell(md, "fast", "% of peak") == "—"
+    order = [r["run"] for r in rep["rows"]]
+    assert order == ["baseline", "fast", "old", "same"]  # by technique, never by speed
+
+
+def test_help_is_whole_sentences():
+    text = report.make_parser().format_help()
+    assert "(default: None)" not in text
+    parser = report.make_parser()
+    assert parser.description.endswith(".") and "\n" not in parser.description
+    for action in parser._actions[1:]:
+        assert action.help.endswith(".") and action.help.count("(default:") == 1, action.help
