@@ -69,16 +69,43 @@ def bucket_width(width: int, buckets: list[int] | None) -> int:
     return fitting[0]
 
 
+MAX_PADDING = 0.10  # the share of a token-budget batch's computed tokens that may be padding
+
+
+def token_budget_groups(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices in batches of similar length, longest first (so the memory peak shows at once). A batch holds at
+    most batch_size x the mean length in padded tokens (so memory stays that of batch_size average prompts, and
+    short prompts share a batch with more of their kind), and is closed before padding passes MAX_PADDING of it."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    budget = batch_size * sum(lengths) / max(len(lengths), 1)
+    groups, current, real = [], [], 0
+    for i in order:
+        width = lengths[current[0]] if current else lengths[i]
+        padded = (len(current) + 1) * width
+        if current and (padded > budget or padded - real - lengths[i] > MAX_PADDING * padded):
+            groups.append(current)
+            current, real = [], 0
+        current.append(i)
+        real += lengths[i]
+    return groups + ([current] if current else [])
+
+
 def make_batches(encoded: list[list[int]], batch_size: int, pad_id: int, left_pad: bool,
                  device: torch.device, buckets: list[int] | None = None) -> list[Batch]:
-    """Length-sorted batches (longest first, so the memory peak shows at once), moved to the device up front.
+    """Length-sorted batches moved to the device up front.
 
-    With `buckets`, each batch is padded up to a bucket length."""
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    Without `buckets` (eager code, any shape is fine): token-budget batches (token_budget_groups), so padding stays
+    under MAX_PADDING at any --limit. With `buckets` (compiled code, one compilation per shape): batch_size
+    questions per batch, longest first, each batch padded up to a bucket length."""
+    lengths = [len(x) for x in encoded]
+    if buckets:
+        order = sorted(range(len(encoded)), key=lambda i: -lengths[i])
+        groups = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+    else:
+        groups = token_budget_groups(lengths, batch_size)
     batches = []
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        width = bucket_width(max(len(encoded[i]) for i in idx), buckets)
+    for idx in groups:
+        width = bucket_width(max(lengths[i] for i in idx), buckets)
         ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
         for row, i in enumerate(idx):

@@ -131,6 +131,8 @@ def timing_metrics(model, prompts: Prompts, n: int, cold_s: float, passes: list[
         "throughput_qps": n * len(passes) / timed_s,
         "tokens_per_s": real_tokens * len(passes) / timed_s,
         "prompt_tokens": real_tokens, "padded_tokens": sum(b.padded_tokens for b in batches),
+        "padding_fraction": 1 - real_tokens / sum(b.padded_tokens for b in batches),
+        "padded_tokens_per_s": sum(b.padded_tokens for b in batches) * len(passes) / timed_s,
         "truncated_questions": sum(t > 0 for t in prompts.truncated),
         "forward_tflop_per_pass": flops / 1e12,
         "achieved_tflops": flops * len(passes) / timed_s / 1e12,

@@ -217,3 +217,19 @@ def test_existing_run_and_other_question_set_refused(baseline_run, tokenizer_dir
                       "--reference", str(run_dir), *extra])
     assert r.returncode == 2 and message in r.stderr.strip().splitlines()[-1]
     assert sorted(p.name for p in run_dir.parent.iterdir()) == before  # nothing written, nothing replaced
+
+
+@pytest.mark.parametrize("limit", [6, 20, 100, 500])
+def test_token_budget_batches_pad_under_ten_percent(tokenizer_dir, data_dir, limit):
+    """Eager batches by token budget: padding stays under 10% of the computed tokens at any --limit (plain
+    batches of 16 longest-first padded 28% on the first 20 test questions), and every question is in one batch."""
+    from evaluation.answering import ANSWER_PREFIX, MAX_PADDING, encode_prompt, make_batches
+    from evaluation.modeling import load_tokenizer
+
+    tok = load_tokenizer("tiny-random", tokenizer_dir)
+    ids = [encode_prompt(tok, q, ANSWER_PREFIX, 2048)[0] for q in load_test_questions(data_dir, limit)]
+    batches = make_batches(ids, 16, tok.pad_token_id, left_pad=False, device=torch.device("cpu"))
+    real, padded = sum(b.real_tokens for b in batches), sum(b.padded_tokens for b in batches)
+    assert 1 - real / padded < MAX_PADDING == 0.10
+    assert sorted(i for b in batches for i in b.indices) == list(range(len(ids)))
+    assert max(b.padded_tokens for b in batches) <= 16 * real / len(ids) + max(map(len, ids))  # the token budget
