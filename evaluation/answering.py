@@ -1,14 +1,13 @@
 """The fast path: BioGPT's PubMedQA prompt, length-sorted batches, score and greedy-generate decoding."""
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass
 
 import torch
 
 from .data import LABELS, Question
-from .modeling import LEARNED_PROMPT
+from .config import UsageError
 
 ANSWER_PREFIX = "the answer to the question given the context is"
 ANSWER_PATTERN = re.compile(r"the answer to the question given the context is (yes|no|maybe)\b")
@@ -22,15 +21,25 @@ def target_text(label: str) -> str:
     return f"{ANSWER_PREFIX} {label}."
 
 
-@functools.lru_cache(maxsize=8)  # asked once per prompt: probe each tokenizer once
-def learned_prompt_ids(tokenizer) -> list[int]:
-    """BioGPT-Large's 9 soft-prompt tokens, when the tokenizer holds each as one whole token."""
-    ids = [tokenizer.encode(t, add_special_tokens=False) for t in LEARNED_PROMPT]
-    return [i[0] for i in ids] if all(len(i) == 1 and i[0] != tokenizer.unk_token_id for i in ids) else []
+LEARNED_PROMPT_LENGTH = 9  # BioGPT's --learned-prompt 9: fairseq appended learned1..learned9 after the vocabulary
 
 
-def prompt_form(tokenizer) -> str:
-    return "learned-prompt-9" if learned_prompt_ids(tokenizer) else "plain"
+def prompt_ids(tokenizer, model, form: str = "auto") -> list[int]:
+    """The learned soft-prompt ids that go between source and target, or [] for the plain form.
+
+    BioGPT-Large-PubMedQA was fine-tuned with 9 learned prompt tokens that fairseq appended to the dictionary, so
+    its embedding holds 9 rows more than the Hugging Face tokenizer has ids: those rows, V..V+8, are the prompt.
+    form: auto (learned when the model has exactly those rows), learned (required), plain (never)."""
+    vocab, rows = len(tokenizer), model.config.vocab_size
+    learned = list(range(vocab, vocab + LEARNED_PROMPT_LENGTH)) if rows == vocab + LEARNED_PROMPT_LENGTH else []
+    if form == "learned" and not learned:
+        raise UsageError(f"--prompt learned needs a model with the tokenizer's {vocab} ids plus "
+                         f"{LEARNED_PROMPT_LENGTH} learned-prompt rows; this one has {rows} embedding rows")
+    return [] if form == "plain" else learned
+
+
+def prompt_form(ids: list[int]) -> str:
+    return f"learned-prompt-{len(ids)}" if ids else "plain"
 
 
 def answer_token_ids(tokenizer) -> list[int]:
@@ -39,11 +48,12 @@ def answer_token_ids(tokenizer) -> list[int]:
     return [i[0] for i in ids]
 
 
-def encode_prompt(tokenizer, q: Question, suffix: str, max_len: int) -> tuple[list[int], int]:
-    """[bos] source [learned prompt] suffix, the source cut from its end when over max_len; (ids, tokens cut)."""
+def encode_prompt(tokenizer, q: Question, suffix: str, max_len: int, prompt: list[int] = ()) -> tuple[list[int], int]:
+    """[bos] source [prompt] suffix, the source cut from its end when over max_len; (ids, tokens cut).
+    `prompt`: the learned soft-prompt ids (prompt_ids), BioGPT's order: source, prompt, target."""
     bos = tokenizer.build_inputs_with_special_tokens([])  # BioGPT: [</s>], as fairseq starts each line
     source = tokenizer.encode(source_text(q), add_special_tokens=False)
-    tail = learned_prompt_ids(tokenizer) + (tokenizer.encode(suffix, add_special_tokens=False) if suffix else [])
+    tail = list(prompt) + (tokenizer.encode(suffix, add_special_tokens=False) if suffix else [])
     cut = max(0, len(bos) + len(source) + len(tail) - max_len)
     return bos + source[:len(source) - cut] + tail, cut
 
@@ -113,11 +123,11 @@ def make_batches(encoded: list[list[int]], batch_size: int, pad_id: int, left_pa
             cols = slice(width - n, width) if left_pad else slice(0, n)
             ids[row, cols] = torch.tensor(encoded[i])
             mask[row, cols] = 1
-        lengths = mask.sum(1)
+        real = mask.sum(1)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
-        last = torch.full_like(lengths, width - 1) if left_pad else lengths - 1
+        last = torch.full_like(real, width - 1) if left_pad else real - 1
         batches.append(Batch(idx, ids.to(device), mask.to(device), last.to(device), positions.to(device),
-                             int(lengths.sum()), len(idx) * width))
+                             int(real.sum()), len(idx) * width))
     return batches
 
 

@@ -67,6 +67,10 @@ class RunConfig:
     decode: str = option("score", "score: argmax over the yes/no/maybe next-token logits; generate: greedy "
                                   "decoding and answer parsing (the paper's protocol).", choices=["score", "generate"])
     max_new_tokens: int = option(16, "Generate mode: the most tokens decoded per question.")
+    prompt: str = option("auto", "learned: BioGPT's 9 learned soft-prompt tokens (the embedding rows after the "
+                                 "vocabulary) between context and answer, as the model was fine-tuned; plain: "
+                                 "without them; auto: learned when the model has those rows.",
+                         choices=["auto", "learned", "plain"])
     device: str = option("auto", "auto picks CUDA when it is present.", choices=["auto", "cuda", "cpu"])
     attn_implementation: str = option("sdpa", "Attention kernels: eager (transformers' reference code), sdpa "
                                               "(PyTorch's scaled_dot_product_attention) or flash_attention_2 (the "

@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .answering import (ANSWER_PREFIX, answer_logits, answer_token_ids, encode_prompt, greedy_generate,
-                        make_batches, parse_answer)
+                        make_batches, parse_answer, prompt_ids)
 from .config import RunConfig
 from .data import LABELS, Question
 from .metrics import UNPARSED, classification_metrics
@@ -87,7 +87,8 @@ def encode_all(model, tokenizer, questions: list[Question], cfg: RunConfig, buck
     device = model_device(model)
     generate = cfg.decode == "generate"
     max_len = model.config.max_position_embeddings - (cfg.max_new_tokens if generate else 0)
-    encoded = [encode_prompt(tokenizer, q, "" if generate else ANSWER_PREFIX, max_len) for q in questions]
+    prompt = prompt_ids(tokenizer, model, cfg.prompt)
+    encoded = [encode_prompt(tokenizer, q, "" if generate else ANSWER_PREFIX, max_len, prompt) for q in questions]
     ids = [e[0] for e in encoded]
     batches = make_batches(ids, cfg.batch_size, tokenizer.pad_token_id, left_pad=generate, device=device,
                            buckets=buckets)

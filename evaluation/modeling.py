@@ -13,20 +13,21 @@ from .config import RunConfig, UsageError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-# Random-weight presets. biogpt-large-random is the exact BioGPT-Large architecture.
+# Random-weight presets with the real checkpoint's embedding shape: BioGPT-Large's 57,717-id vocabulary plus the 9
+# learned soft-prompt rows fairseq appended (57,726), so offline runs take the learned-prompt path as the real model
+# does. biogpt-large-random is the exact BioGPT-Large architecture.
 PRESETS = {
-    "tiny-random": dict(vocab_size=57717, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+    "tiny-random": dict(vocab_size=57726, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=256, max_position_embeddings=2048, layer_norm_eps=1e-12,
                         scale_embedding=True),
     # BioGPT (base) size with BioGPT-Large's vocabulary: a mid-size model for CPU measurements.
-    "biogpt-base-random": dict(vocab_size=57717, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+    "biogpt-base-random": dict(vocab_size=57726, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
                                intermediate_size=4096, max_position_embeddings=1024, layer_norm_eps=1e-12,
                                scale_embedding=True),
-    "biogpt-large-random": dict(vocab_size=57717, hidden_size=1600, num_hidden_layers=48, num_attention_heads=25,
+    "biogpt-large-random": dict(vocab_size=57726, hidden_size=1600, num_hidden_layers=48, num_attention_heads=25,
                                 intermediate_size=6400, max_position_embeddings=2048, layer_norm_eps=1e-12,
                                 scale_embedding=True),
 }
-LEARNED_PROMPT = [f"learned{i}" for i in range(1, 10)]  # BioGPT's --learned-prompt 9
 
 
 def resolve_device(name: str) -> torch.device:
@@ -144,9 +145,9 @@ def load_model(cfg: RunConfig, device: torch.device, dtype: str | None = None, *
                          "or a hub id like microsoft/BioGPT-Large-PubMedQA, or a local directory")
     else:
         model = load_pretrained(cfg.model, DTYPES[dtype], device, cfg.attn_implementation, **kwargs)
-    if len(tokenizer) != model.config.vocab_size:
-        raise UsageError(f"tokenizer has {len(tokenizer)} ids but the model's vocabulary is "
-                         f"{model.config.vocab_size}: wrong --tokenizer-dir?")
+    if len(tokenizer) > model.config.vocab_size:  # more rows than ids is fine: BioGPT's learned prompt lives there
+        raise UsageError(f"tokenizer has {len(tokenizer)} ids but the model only {model.config.vocab_size} embedding "
+                         "rows: wrong --tokenizer-dir?")
     return model, tokenizer
 
 

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from .answering import answer_logits, prompt_form
+from .answering import answer_logits, prompt_form, prompt_ids
 from .config import Options, RunConfig, parse_config, run_main
 from .data import LABELS, load_test_questions
 from .harness import evaluate
@@ -65,6 +65,7 @@ def run(cfg: RunConfig, apply=None, load=default_load) -> dict:
     applied = apply(model, tokenizer, cfg, device, questions) if apply else Applied()
     setup_s = time.perf_counter() - t0
     model = applied.model or model
+    prompt_ids(tokenizer, model, cfg.prompt)  # --prompt learned on a model without the rows: refused before timing
     return evaluate_and_log(cfg, model, tokenizer, questions, run_dir, device, load_s, setup_s, applied)
 
 
@@ -106,7 +107,8 @@ def evaluate_and_log(cfg: RunConfig, model, tokenizer, questions, run_dir: Path,
     results = {
         "config": cfg.to_dict(),
         "run": {"run_name": run_dir.name, "device": str(model_device(model)), "weights": weights_kind(model),
-                "prompt_form": prompt_form(tokenizer)},
+                "prompt_form": prompt_form(prompt_ids(tokenizer, model, cfg.prompt)),
+                "prompt_ids": prompt_ids(tokenizer, model, cfg.prompt)},
         "environment": env,
         "model": {"parameters": params, "footprint_bytes": nbytes, "bytes_per_parameter": nbytes / params,
                   "cuda_allocated_bytes": cuda_allocated, "weights": weights_kind(model)},

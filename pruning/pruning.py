@@ -79,7 +79,8 @@ def recover(model, tokenizer, cfg) -> tuple[dict, list[dict]]:
     dtype, on_gpu = next(model.parameters()).dtype, next(model.parameters()).is_cuda
     model.float()  # fp32 master weights: a bf16/fp16 weight cannot hold 1e-5-sized updates
     history = finetune(model, tokenizer, train, steps=opts.finetune_steps, test_pmids=test_pmids,
-                       batch_size=opts.finetune_batch_size, lr=opts.finetune_lr, seed=cfg.seed, bf16_autocast=on_gpu)
+                       batch_size=opts.finetune_batch_size, lr=opts.finetune_lr, seed=cfg.seed, bf16_autocast=on_gpu,
+                       prompt=cfg.prompt)
     model.to(dtype)
     return {"finetune_questions": len(train),
             "finetune_test_pmids_seen": len(test_pmids & {q.pmid for q in train})}, history

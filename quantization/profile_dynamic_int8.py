@@ -18,7 +18,7 @@ import torch
 
 from evaluation import (PRESETS, Options, UsageError, load_model, load_test_questions, option, parse_config,
                         run_main)
-from evaluation.answering import ANSWER_PREFIX, answer_logits, answer_token_ids, encode_prompt, make_batches
+from evaluation.answering import ANSWER_PREFIX, prompt_ids, answer_logits, answer_token_ids, encode_prompt, make_batches
 from quantization.int8_layers import quantize_decoder
 
 
@@ -94,7 +94,7 @@ def main():
         return write(cfg, {"model": cfg.model, "threads": torch.get_num_threads(), "linears": linear_shapes(cfg)})
     model, tokenizer = load_model(cfg, torch.device("cpu"))
     questions = load_test_questions(cfg.data_dir, cfg.limit)
-    ids = [encode_prompt(tokenizer, q, ANSWER_PREFIX, model.config.max_position_embeddings)[0] for q in questions]
+    ids = [encode_prompt(tokenizer, q, ANSWER_PREFIX, model.config.max_position_embeddings, prompt_ids(tokenizer, model))[0] for q in questions]
     batches = make_batches(ids, cfg.batch_size, tokenizer.pad_token_id, False, torch.device("cpu"))
     answer_ids = torch.tensor(answer_token_ids(tokenizer))
     models = quantized_copies(model)

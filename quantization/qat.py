@@ -131,7 +131,7 @@ def apply(model, tokenizer, cfg, device, questions) -> Applied:
     qat_step(model, base, "prepare")
     history = finetune(model, tokenizer, train, steps=opts.steps, test_pmids=test_pmids,
                        batch_size=opts.train_batch_size, lr=opts.lr, grad_accum=opts.grad_accum,
-                       bf16_autocast=opts.bf16_autocast, seed=cfg.seed)
+                       bf16_autocast=opts.bf16_autocast, seed=cfg.seed, prompt=cfg.prompt)
     drop_fake_quantization(model) if opts.no_convert else qat_step(model, base, "convert")
     description = {"weights": opts.weights, "group_size": opts.group_size,
                    "activations": "int8 dynamic per-token asymmetric", "converted": not opts.no_convert,

@@ -6,7 +6,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from evaluation.answering import ANSWER_PREFIX, answer_logits, encode_prompt, make_batches
+from evaluation.answering import ANSWER_PREFIX, answer_logits, encode_prompt, make_batches, prompt_ids
 from evaluation.modeling import model_device
 
 # Largest |logit difference| on the answer tokens we accept from compiled code, per dtype. Compilers reorder
@@ -61,10 +61,11 @@ class StaticForward:
         return out
 
 
-def score_batches(model, tokenizer, questions, batch_size: int, buckets: list[int]):
+def score_batches(model, tokenizer, questions, batch_size: int, buckets: list[int], prompt: str = "auto"):
     """Exactly the batches evaluation.harness builds for score decoding with these buckets."""
     max_len = model.config.max_position_embeddings
-    ids = [encode_prompt(tokenizer, q, ANSWER_PREFIX, max_len)[0] for q in questions]
+    learned = prompt_ids(tokenizer, model, prompt)
+    ids = [encode_prompt(tokenizer, q, ANSWER_PREFIX, max_len, learned)[0] for q in questions]
     return make_batches(ids, batch_size, tokenizer.pad_token_id, left_pad=False, device=model_device(model),
                         buckets=buckets)
 

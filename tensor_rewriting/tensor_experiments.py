@@ -92,7 +92,7 @@ def apply(model, tokenizer, cfg, device, questions) -> Applied:
     if cfg.decode != "score":
         raise UsageError("tensor_experiments compiles the score path; --decode generate is not supported")
     answer_ids = torch.tensor(answer_token_ids(tokenizer), device=device)
-    batches = score_batches(model, tokenizer, questions, cfg.batch_size, opts.bucket_lengths)
+    batches = score_batches(model, tokenizer, questions, cfg.batch_size, opts.bucket_lengths, cfg.prompt)
     if opts.backend == "tvm":
         from tensor_rewriting.tvm_backend import check_indices
         check_indices(batches, model.config)
