@@ -86,7 +86,8 @@ def test_results_files_written(baseline_run, data_dir):
     assert set(results) == {"config", "run", "environment", "model", "metrics", "technique"}
     cfg, metrics = results["config"], results["metrics"]
     assert cfg["technique"] == "baseline" and cfg["variant"] == "fp32-eager" and cfg["options"] == {}
-    assert results["run"] == {"run_name": "base", "device": "cpu", "weights": "random", "prompt_form": "plain"}
+    assert results["run"] == {"run_name": "base", "device": "cpu", "weights": "random",
+                              "prompt_form": "learned-prompt-9", "prompt_ids": list(range(57717, 57726))}
     assert metrics["n"] == 12 and metrics["timed_passes"] >= 1
     for key in ("p50", "p90", "p99", "mean", "stdev"):
         assert metrics["latency_question_ms"][key] > 0
