@@ -5,7 +5,7 @@ from conftest import make_synthetic_pubmedqa, needs_shared, SHARED_PUBMEDQA, SHA
 
 from evaluation import (UsageError, load_finetuning_data, load_test_questions, load_tokenizer,
                         load_train_questions)
-from evaluation.answering import (ANSWER_PREFIX, answer_token_ids, encode_prompt, parse_answer, prompt_form,
+from evaluation.answering import (ANSWER_PREFIX, answer_token_ids, encode_prompt, parse_answer,
                                   source_text)
 from evaluation.data import load_splits
 
@@ -77,8 +77,8 @@ def test_fairseq_tokenizer_matches_biogpt_large_ids():
     assert tok("the answer to the question given the context is yes.")["input_ids"] == \
         [2, 8, 9367, 20, 8, 2509, 785, 8, 1328, 34, 22134, 4]
     assert answer_token_ids(tok) == [22134, 126, 28139]
-    # learned1..learned9 are not whole tokens of this vocabulary: the plain prompt form runs
-    assert prompt_form(tok) == "plain"
+    # learned1..learned9 are not tokens of this vocabulary: the learned prompt lives in the model's rows after it
+    assert all(tok.convert_tokens_to_ids(f"learned{k}") == tok.unk_token_id for k in range(1, 10))
 
 
 def test_prompt_ends_with_answer_prefix_and_truncates_source_only(tokenizer_dir, data_dir):
