@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -163,9 +164,27 @@ def parse_config(technique: str, options_cls=Options, argv=None, description: st
 
 
 def run_main(main) -> None:
-    """Run a script's main(); bad input ends it with one line on stderr and exit code 2."""
+    """Run a script's main(); bad input ends it with one line on stderr and exit code 2, Ctrl-C with one line
+    (what was kept, when the interrupted code said so in the KeyboardInterrupt) and exit code 130."""
     try:
         main()
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as e:
+        print("\ninterrupted" + (f"; {e.args[0]}" if e.args else ""), file=sys.stderr)
+        sys.exit(130)  # 128 + SIGINT, what a shell reports for a Ctrl-C
+
+
+def _drop_log_records(logger: str, text: str) -> None:
+    logging.getLogger(logger).addFilter(lambda record: text not in record.getMessage())
+
+
+def quiet_third_party() -> None:
+    """Drop start-up messages a user can do nothing about, by logger and text, so that every other warning
+    still shows. Installed when `evaluation` is imported, before transformers imports torchao."""
+    # torchao ships CUDA-only extensions (mxfp8, cutlass sm90a) that fail to load on other builds and devices;
+    # what needs them says so itself when it runs
+    _drop_log_records("torchao", "Failed to load")
+    # torchao registers its enums as pytree constants, which torch >= 2.13 deprecates (torchao's to fix)
+    _drop_log_records("torch.utils._pytree", "is an Enum subclass and is now natively supported")
