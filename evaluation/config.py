@@ -77,7 +77,9 @@ class RunConfig:
                                          "and logits with.")
     min_duration: float | None = option(None, "The timed phase lasts at least this many seconds (by default 10 "
                                               "on CUDA, 0 on a CPU).")
-    min_passes: int = option(1, "The timed phase runs at least this many passes over the questions.")
+    min_passes: int = option(3, "The timed phase runs at least this many passes over the questions (their spread "
+                                "is printed); 0: no timed phase, timing comes from the cold pass (accuracy-only, "
+                                "for long CPU runs).")
     wandb: str = option("auto", "auto logs online when an API key or login exists, otherwise offline.",
                         choices=["auto", "online", "offline", "disabled"])
     wandb_project: str = option("biogpt-pubmedqa", "The wandb project name.")
@@ -88,12 +90,17 @@ class RunConfig:
                          metadata={"flag": None})
 
     def __post_init__(self):
-        for name in ("limit", "batch_size", "max_new_tokens", "min_passes"):
+        for name in ("limit", "batch_size", "max_new_tokens"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        if self.min_passes < 0:
+            raise UsageError(f"--min-passes must be >= 0, got {self.min_passes}")
         if self.min_duration is not None and self.min_duration < 0:
             raise UsageError(f"--min-duration must be >= 0, got {self.min_duration}")
+        if self.min_passes == 0 and self.min_duration:
+            raise UsageError("--min-passes 0 (no timed phase) contradicts --min-duration "
+                             f"{self.min_duration:g}: drop one of them")
 
     @property
     def variant(self) -> str:
