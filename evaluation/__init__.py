@@ -1,5 +1,5 @@
 """Shared PubMedQA evaluation harness for the BioGPT-Large optimization scripts."""
-from .config import Options, RunConfig, UsageError, option, parse_config, run_main
+from .config import Options, RunConfig, UsageError, option, parse_config, quiet_third_party, run_main
 from .data import LABELS, Question, load_finetuning_data, load_test_questions, load_train_questions
 from .harness import evaluate
 from .modeling import (PRESETS, decoder_linears, footprint_bytes, linear_conversion, load_model, load_tokenizer,
@@ -10,3 +10,5 @@ __all__ = ["LABELS", "PRESETS", "Applied", "Options", "Question", "RunConfig", "
            "evaluate", "footprint_bytes", "linear_conversion", "load_finetuning_data", "load_model",
            "load_test_questions", "load_tokenizer", "load_train_questions", "main", "option", "parameter_count",
            "parse_config", "require_all_converted", "resolve_device", "run", "run_main"]
+
+quiet_third_party()  # on import: transformers imports torchao lazily, when a model is first loaded

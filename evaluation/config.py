@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -84,7 +85,9 @@ class RunConfig:
                                          "and logits with.")
     min_duration: float | None = option(None, "The timed phase lasts at least this many seconds (by default 10 "
                                               "on CUDA, 0 on a CPU).")
-    min_passes: int = option(1, "The timed phase runs at least this many passes over the questions.")
+    min_passes: int = option(3, "The timed phase runs at least this many passes over the questions (their spread "
+                                "is printed); 0: no timed phase, timing comes from the cold pass (accuracy-only, "
+                                "for long CPU runs).")
     wandb: str = option("auto", "auto logs online when an API key or login exists, otherwise offline.",
                         choices=["auto", "online", "offline", "disabled"])
     wandb_project: str = option("biogpt-pubmedqa", "The wandb project name.")
@@ -95,12 +98,17 @@ class RunConfig:
                          metadata={"flag": None})
 
     def __post_init__(self):
-        for name in ("limit", "batch_size", "max_new_tokens", "min_passes"):
+        for name in ("limit", "batch_size", "max_new_tokens"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        if self.min_passes < 0:
+            raise UsageError(f"--min-passes must be >= 0, got {self.min_passes}")
         if self.min_duration is not None and self.min_duration < 0:
             raise UsageError(f"--min-duration must be >= 0, got {self.min_duration}")
+        if self.min_passes == 0 and self.min_duration:
+            raise UsageError("--min-passes 0 (no timed phase) contradicts --min-duration "
+                             f"{self.min_duration:g}: drop one of them")
 
     @property
     def variant(self) -> str:
@@ -171,9 +179,27 @@ def parse_config(technique: str, options_cls=Options, argv=None, description: st
 
 
 def run_main(main) -> None:
-    """Run a script's main(); bad input ends it with one line on stderr and exit code 2."""
+    """Run a script's main(); bad input ends it with one line on stderr and exit code 2, Ctrl-C with one line
+    (what was kept, when the interrupted code said so in the KeyboardInterrupt) and exit code 130."""
     try:
         main()
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as e:
+        print("\ninterrupted" + (f"; {e.args[0]}" if e.args else ""), file=sys.stderr)
+        sys.exit(130)  # 128 + SIGINT, what a shell reports for a Ctrl-C
+
+
+def _drop_log_records(logger: str, text: str) -> None:
+    logging.getLogger(logger).addFilter(lambda record: text not in record.getMessage())
+
+
+def quiet_third_party() -> None:
+    """Drop start-up messages a user can do nothing about, by logger and text, so that every other warning
+    still shows. Installed when `evaluation` is imported, before transformers imports torchao."""
+    # torchao ships CUDA-only extensions (mxfp8, cutlass sm90a) that fail to load on other builds and devices;
+    # what needs them says so itself when it runs
+    _drop_log_records("torchao", "Failed to load")
+    # torchao registers its enums as pytree constants, which torch >= 2.13 deprecates (torchao's to fix)
+    _drop_log_records("torch.utils._pytree", "is an Enum subclass and is now natively supported")

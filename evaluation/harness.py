@@ -1,6 +1,8 @@
 """Evaluate a model on PubMedQA: one cold pass for accuracy, then timed passes for speed and energy."""
 from __future__ import annotations
 
+import math
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -96,53 +98,78 @@ def encode_all(model, tokenizer, questions: list[Question], cfg: RunConfig, buck
                    torch.tensor(answer_token_ids(tokenizer), device=device))
 
 
-def run_passes(one_pass, n: int, cfg: RunConfig, device: torch.device):
-    """The cold pass (accuracy, predictions), then timed passes until --min-passes and --min-duration are met,
-    with the sampler on. (cold pass, its seconds, timed passes, their seconds, telemetry)."""
+def passes_needed(min_passes: int, min_duration: float, done: int, elapsed_s: float, last_pass_s: float) -> int:
+    """How many timed passes the phase will take, as far as is known now: --min-passes, or more when
+    --min-duration needs them at the last pass's pace (re-estimated after every pass, so the ETA stays honest)."""
+    left_s = max(0.0, min_duration - elapsed_s)
+    by_time = done + (math.ceil(left_s / last_pass_s) if left_s and last_pass_s > 0 else 0)
+    return max(min_passes, by_time, done)
+
+
+def cold_pass(one_pass, n: int):
     with tqdm(total=n, desc="cold pass", unit="q") as bar:
         t0 = time.perf_counter()
         cold = one_pass(bar)
-        cold_s = time.perf_counter() - t0
+        return cold, time.perf_counter() - t0
+
+
+def run_passes(one_pass, n: int, cfg: RunConfig, device: torch.device):
+    """The cold pass (accuracy, predictions), then timed passes until --min-passes and --min-duration are met,
+    with the sampler on. (cold pass, its seconds, timed passes, their seconds, telemetry). --min-passes 0: no
+    timed phase; the sampler watches the cold pass instead."""
+    if cfg.min_passes == 0:
+        with Sampler(device) as sampler:
+            cold, cold_s = cold_pass(one_pass, n)
+        return cold, cold_s, [], [], sampler.summary(n)
+    cold, cold_s = cold_pass(one_pass, n)
     min_duration = cfg.min_duration if cfg.min_duration is not None else (10.0 if device.type == "cuda" else 0.0)
     passes, pass_s = [], []
-    with Sampler(device) as sampler, tqdm(desc="timed passes", unit="pass") as bar:
+    total = passes_needed(cfg.min_passes, min_duration, 0, 0.0, cold_s)
+    with Sampler(device) as sampler, tqdm(total=total, desc="timed passes", unit="pass") as bar:
         t_start = time.perf_counter()
         while len(passes) < cfg.min_passes or time.perf_counter() - t_start < min_duration:
             t0 = time.perf_counter()
             passes.append(one_pass())
             pass_s.append(time.perf_counter() - t0)
+            bar.total = passes_needed(cfg.min_passes, min_duration, len(passes), time.perf_counter() - t_start,
+                                      pass_s[-1])
             bar.update(1)
     return cold, cold_s, passes, pass_s, sampler.summary(n * len(passes))
 
 
-def timing_metrics(model, prompts: Prompts, n: int, cold_s: float, passes: list[Pass], pass_s: list[float]) -> dict:
-    """Latency, throughput, token and FLOP figures of the timed passes."""
-    batches, timed_s = prompts.batches, sum(pass_s)
+def timing_metrics(model, prompts: Prompts, n: int, cold: Pass, cold_s: float, passes: list[Pass],
+                   pass_s: list[float]) -> dict:
+    """Latency, throughput, token and FLOP figures of the timed passes; of the cold pass when there were none
+    (--min-passes 0), and `timing_source` says which."""
+    batches = prompts.batches
+    source, source_s = (passes, pass_s) if passes else ([cold], [cold_s])
+    timed_s = sum(source_s)
     real_tokens = sum(b.real_tokens for b in batches)
-    question_ms = [ms / len(b.indices) for p in passes for b, ms in zip(batches, p.batch_ms) for _ in b.indices]
+    question_ms = [ms / len(b.indices) for p in source for b, ms in zip(batches, p.batch_ms) for _ in b.indices]
     flops = forward_flops(model.config, [len(x) for x in prompts.ids], n)
     metrics = {
+        "timing_source": "timed_passes" if passes else "cold_pass",
         "cold_pass_s": cold_s,
-        "pass_s": latency_stats([s * 1e3 for s in pass_s]) | {"unit": "ms"},
-        "pass_wall_s_median": sorted(pass_s)[len(pass_s) // 2],
+        "pass_ms": latency_stats([s * 1e3 for s in pass_s]),
+        "pass_wall_s_median": statistics.median(pass_s) if pass_s else None,
         "pass_wall_s_samples": pass_s,
-        "timed_passes": len(passes), "timed_s": timed_s,
-        "latency_batch_ms": latency_stats([ms for p in passes for ms in p.batch_ms]),
+        "timed_passes": len(passes), "timed_s": sum(pass_s),
+        "latency_batch_ms": latency_stats([ms for p in source for ms in p.batch_ms]),
         "latency_question_ms": latency_stats(question_ms),
-        "throughput_qps": n * len(passes) / timed_s,
-        "tokens_per_s": real_tokens * len(passes) / timed_s,
+        "throughput_qps": n * len(source) / timed_s,
+        "tokens_per_s": real_tokens * len(source) / timed_s,
         "prompt_tokens": real_tokens, "padded_tokens": sum(b.padded_tokens for b in batches),
         "padding_fraction": 1 - real_tokens / sum(b.padded_tokens for b in batches),
         "padded_tokens_per_s": sum(b.padded_tokens for b in batches) * len(passes) / timed_s,
         "truncated_questions": sum(t > 0 for t in prompts.truncated),
         "forward_tflop_per_pass": flops / 1e12,
-        "achieved_tflops": flops * len(passes) / timed_s / 1e12,
+        "achieved_tflops": flops * len(source) / timed_s / 1e12,
     }
-    if passes[0].texts is not None:
-        metrics["latency_prefill_ms"] = latency_stats([ms for p in passes for ms in p.prefill_ms])
-        metrics["latency_decode_ms"] = latency_stats([ms for p in passes for ms in p.decode_ms])
-        decode_s = sum(sum(p.decode_ms) for p in passes) / 1e3
-        metrics["decode_tokens_per_s"] = sum(p.new_tokens for p in passes) / decode_s if decode_s else None
+    if cold.texts is not None:
+        metrics["latency_prefill_ms"] = latency_stats([ms for p in source for ms in p.prefill_ms])
+        metrics["latency_decode_ms"] = latency_stats([ms for p in source for ms in p.decode_ms])
+        decode_s = sum(sum(p.decode_ms) for p in source) / 1e3
+        metrics["decode_tokens_per_s"] = sum(p.new_tokens for p in source) / decode_s if decode_s else None
     return metrics
 
 
@@ -163,8 +190,8 @@ def question_rows(questions: list[Question], prompts: Prompts, cold: Pass, first
 
 def evaluate(model, tokenizer, questions: list[Question], cfg: RunConfig, forward=answer_logits,
              buckets: list[int] | None = None):
-    """(metrics, per-question rows, per-batch history). `forward(model, batch, answer_ids)` -> [B, 3] logits;
-    `buckets`: pad each batch's length up to one of these (for compiled code)."""
+    """(metrics, per-question rows, per-batch history of the first timed pass). `forward(model, batch,
+    answer_ids)` -> [B, 3] logits; `buckets`: pad each batch's length up to one of these (for compiled code)."""
     device = model_device(model)
     prompts = encode_all(model, tokenizer, questions, cfg, buckets)
     clock, n = Clock(device), len(questions)
@@ -178,14 +205,16 @@ def evaluate(model, tokenizer, questions: list[Question], cfg: RunConfig, forwar
         torch.cuda.reset_peak_memory_stats(device)
     cold, cold_s, passes, pass_s, telemetry = run_passes(one_pass, n, cfg, device)
     metrics = classification_metrics([q.label for q in questions], cold.predictions)
-    metrics.update(timing_metrics(model, prompts, n, cold_s, passes, pass_s))
-    metrics["timed_pass_agreement"] = 100.0 * sum(p.predictions == cold.predictions for p in passes) / len(passes)
+    metrics.update(timing_metrics(model, prompts, n, cold, cold_s, passes, pass_s))
+    metrics["timed_pass_agreement"] = (100.0 * sum(p.predictions == cold.predictions for p in passes) / len(passes)
+                                       if passes else None)
     metrics["telemetry"] = telemetry
     cuda = device.type == "cuda"
     metrics["torch_peak_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
     metrics["torch_peak_reserved_mib"] = torch.cuda.max_memory_reserved(device) / 2**20 if cuda else None
-    history = [{"batch": k, "batch_size": len(b.indices), "seq_len": b.input_ids.shape[1], "latency_ms": ms,
-                "real_tokens": b.real_tokens} for k, (b, ms) in enumerate(zip(prompts.batches, passes[0].batch_ms))]
-    return metrics, question_rows(questions, prompts, cold, passes[0]), history
+    first = passes[0] if passes else cold
+    history = [{"index": k, "size": len(b.indices), "seq_len": b.input_ids.shape[1], "latency_ms": ms,
+                "real_tokens": b.real_tokens} for k, (b, ms) in enumerate(zip(prompts.batches, first.batch_ms))]
+    return metrics, question_rows(questions, prompts, cold, first), history
 
 

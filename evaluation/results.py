@@ -30,7 +30,7 @@ def check_output_dir(cfg: RunConfig) -> Path:
     root = Path(cfg.output_dir)
     if (root / name).exists() and not cfg.overwrite:
         raise UsageError(f"run directory {root / name} already exists; pick another --run-name or pass --overwrite")
-    existed = root.is_dir()
+    created = [d for d in (root, *root.parents) if not d.exists()]  # deepest first
     try:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=root):
@@ -38,8 +38,9 @@ def check_output_dir(cfg: RunConfig) -> Path:
     except OSError as e:
         raise UsageError(f"output directory not writable: {root} ({e.strerror or e})")
     finally:
-        if not existed and root.is_dir() and not any(root.iterdir()):
-            root.rmdir()  # checked, not kept: the run writes it when it has something to write
+        for d in created:  # checked, not kept: the run makes them when it has something to write
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
     return root / name
 
 

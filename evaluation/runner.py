@@ -51,12 +51,22 @@ def main(technique: str, options_cls=Options, apply=None, load=default_load, des
 
 
 def run(cfg: RunConfig, apply=None, load=default_load) -> dict:
+    try:
+        return _run(cfg, apply, load)
+    except KeyboardInterrupt as e:  # until results/<run>/ is moved into place, there is nothing on disk
+        raise KeyboardInterrupt(*(e.args or ("nothing written",))) from None
+
+
+def _run(cfg: RunConfig, apply, load) -> dict:
     device = resolve_device(cfg.device)
     cfg.options.check_device(device)  # before any data or model work
     check_attention(cfg.attn_implementation, device)
     run_dir = check_output_dir(cfg)
     reference = check_reference(cfg.reference)
     questions = load_test_questions(cfg.data_dir, cfg.limit)
+    if cfg.limit and len(questions) < cfg.limit:
+        print(f"--limit {cfg.limit} is more than the {len(questions)} test questions: evaluating all "
+              f"{len(questions)}")
     check_reference_questions(reference, [q.pmid for q in questions])
     t0 = time.perf_counter()
     model, tokenizer = load(cfg, device)
@@ -108,7 +118,7 @@ def evaluate_and_log(cfg: RunConfig, model, tokenizer, questions, run_dir: Path,
         "config": cfg.to_dict(),
         "run": {"run_name": run_dir.name, "device": str(model_device(model)), "weights": weights_kind(model),
                 "prompt_form": prompt_form(prompt_ids(tokenizer, model, cfg.prompt)),
-                "prompt_ids": prompt_ids(tokenizer, model, cfg.prompt)},
+                "prompt_ids": prompt_ids(tokenizer, model, cfg.prompt), "questions": len(questions)},
         "environment": env,
         "model": {"parameters": params, "footprint_bytes": nbytes, "bytes_per_parameter": nbytes / params,
                   "cuda_allocated_bytes": cuda_allocated, "weights": weights_kind(model)},
@@ -118,15 +128,24 @@ def evaluate_and_log(cfg: RunConfig, model, tokenizer, questions, run_dir: Path,
     write_run(run_dir, results, rows)
     if applied.save is not None:
         applied.save(run_dir)
+    try:
+        log_to_wandb(cfg, results, rows, history, run_dir, applied.curves)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"results kept in {run_dir}; the wandb run is incomplete") from None
+    print_summary(cfg, results, run_dir)
+    return results
+
+
+def log_to_wandb(cfg: RunConfig, results: dict, rows: list[dict], history: list[dict], run_dir: Path,
+                 curves: dict[str, list[dict]] | None):
     tracker = Tracker(cfg, results, run_dir)
-    for step, h in enumerate(history):
-        tracker.log(h, step=step)
-    for name, records in (applied.curves or {}).items():
+    tracker.curve("batch", history, step="index")
+    tracker.curve("pass", [{"index": i, "wall_s": s} for i, s in enumerate(results["metrics"]["pass_wall_s_samples"])],
+                  step="index")
+    for name, records in (curves or {}).items():
         tracker.curve(name, records)
     tracker.summary(results, rows)
     tracker.finish()
-    print_summary(cfg, results, run_dir)
-    return results
 
 
 def _interval(item: dict | None, fmt: str) -> str:
@@ -135,29 +154,53 @@ def _interval(item: dict | None, fmt: str) -> str:
     return f" [{item['ci_low']:{fmt}}, {item['ci_high']:{fmt}}]"
 
 
+def timing_line(m: dict) -> str:
+    """Speed, and how far to trust it: how many timed passes and their spread, or that there were none."""
+    q = m["latency_question_ms"]
+    speed = f"  speed: {m['throughput_qps']:.1f} questions/s, latency per question p50 {q['p50']:.2f} ms, " \
+            f"p99 {q['p99']:.2f} ms"
+    passes = m["pass_wall_s_samples"]
+    if not passes:
+        return speed + " (no timed phase, --min-passes 0: from the cold pass, which includes warm-up)"
+    if len(passes) == 1:
+        return speed + f" (1 timed pass of {passes[0]:.3f} s: no spread to show; --min-passes 3 gives one)"
+    median, low, high = m["pass_wall_s_median"], min(passes), max(passes)
+    return speed + (f" (median of {len(passes)} timed passes, {median:.3f} s each; spread {low:.3f}-{high:.3f} s, "
+                    f"{(high - low) / median:.0%} of the median)")
+
+
+def memory_line(m: dict, device_type: str) -> str:
+    t = m["telemetry"]
+    if device_type == "cuda":
+        energy = (f"energy {t['energy_j_per_question']:.3g} J/question, power {t['power_w_mean']:.0f} W mean"
+                  if t.get("energy_j_per_question") is not None else f"no energy figure ({t['nvml_error']})")
+        return f"  memory: {m['torch_peak_allocated_mib']:,.0f} MiB peak allocated on the GPU; {energy}"
+    return f"  memory: {t['rss_peak_mib']:,.0f} MiB peak process RSS (no energy figure on a CPU)"
+
+
 def summary_lines(cfg: RunConfig, results: dict, run_dir: Path) -> list[str]:
     """What was measured, in words a newcomer can read without the code."""
     m, run, env, stats = results["metrics"], results["run"], results["environment"], results["metrics"]["stats"]
     random = run["weights"] == "random"
-    passes = m["pass_wall_s_samples"]
     lines = [f"{cfg.technique}/{cfg.variant}: {m['n']} questions on {run['device']} ({env['device_name']}), "
-             f"{cfg.dtype}, batch {cfg.batch_size}, {cfg.decode} mode, prompt {run['prompt_form']}",
+             f"{cfg.dtype}, batch size {cfg.batch_size}, {cfg.decode} mode, {run['prompt_form']} prompt",
              f"  accuracy {m['accuracy']:.3f}{_interval(stats['accuracy'], '.3f')}, macro-F1 {m['macro_f1']:.3f}"
-             f"{_interval(stats['macro_f1'], '.3f')} (95% bootstrap)"
-             + ("  [weights: random — not a model accuracy]" if random else "")
-             + (f"; {m['unparsed']} unparsed answers" if cfg.decode == "generate" else ""),
-             f"  {len(passes)} timed pass(es): median {m['pass_wall_s_median']:.3f} s (min {min(passes):.3f}, "
-             f"max {max(passes):.3f}), {m['throughput_qps']:.1f} q/s, latency/question p50 "
-             f"{m['latency_question_ms']['p50']:.2f} ms p99 {m['latency_question_ms']['p99']:.2f} ms; "
-             f"cold pass {m['cold_pass_s']:.2f} s, load {m['load_s']:.1f} s, setup {m['setup_s']:.1f} s"]
+             f"{_interval(stats['macro_f1'], '.3f')} (95% bootstrap intervals)"
+             + (f", {m['unparsed']} unparsed answers (counted wrong)" if cfg.decode == "generate" else "")
+             + ("; weights: random, so these say nothing about the model" if random else ""),
+             timing_line(m),
+             memory_line(m, env["device_type"]),
+             f"  time: load {m['load_s']:.1f} s, setup {m['setup_s']:.1f} s, cold pass {m['cold_pass_s']:.2f} s "
+             f"(the pass the answers come from; includes warm-up)"]
     if "fidelity" in m:
         f, c = m["fidelity"], m["comparison"]
         speed = c.get("speedup") or {}
         lines.append(f"  vs reference {Path(f['reference']).name}: agreement {f['agreement']:.1f}%, mean KL "
                      f"{f['mean_kl'] if f['mean_kl'] is not None else float('nan'):.3g}, "
                      f"{c['paired']['right_to_wrong']} right->wrong / {c['paired']['wrong_to_right']} wrong->right "
-                     f"({c['paired']['basis']}), McNemar p {c['paired']['mcnemar_p']:.3g}"
-                     + (f", speed-up {speed['value']:.2f}x{_interval(speed, '.2f')}" if speed.get("value") else ""))
+                     f"({c['paired']['basis'].replace('_', ' ')}), McNemar p {c['paired']['mcnemar_p']:.3g}, "
+                     + (f"speed-up {speed['value']:.2f}x{_interval(speed, '.2f')}" if speed.get("value")
+                        else "no speed-up (the reference has no timed passes on this device)"))
     lines.append(f"  results: {run_dir}/results.json")
     return lines
 

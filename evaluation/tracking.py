@@ -32,23 +32,26 @@ class Tracker:
     """A wandb run or nothing. Every call is guarded: wandb trouble is printed, never raised."""
 
     def __init__(self, cfg, results: dict, run_dir: Path):
-        """`results`: the run's record; its config and resolved values (device used, weights, prompt form)
-        become the wandb config."""
+        """`results`: the run's record; its config, resolved values (device used, weights, prompt form,
+        questions) and environment become the wandb config, for filtering and grouping runs."""
         self.run, self.mode = None, resolve_mode(cfg.wandb)
         if self.mode == "disabled":
             return
-        if self.mode == "offline" and cfg.wandb == "auto":
-            print("wandb: no API key or login found, logging offline; "
-                  "upload later with `wandb sync <the run's wandb/offline-run-* directory>`")
+        auto_offline = cfg.wandb == "auto" and not os.environ.get("WANDB_MODE")
+        self.why_offline = "no API key or login found, so " if auto_offline else ""
         try:
             import wandb
 
             self.wandb = wandb
             run = results["run"]
+            config = results["config"] | {"resolved": run, "environment": results.get("environment")}
+            # silent: no banner, no sparklines; the lines a user acts on (where the run is) are ours
             self.run = wandb.init(project=cfg.wandb_project, group=cfg.technique, name=run["run_name"],
-                                  tags=tags(cfg, run["weights"]), config=results["config"] | {"resolved": run},
-                                  mode=self.mode, dir=str(run_dir.parent),
-                                  reinit="finish_previous")
+                                  tags=tags(cfg, run["weights"]), config=config, mode=self.mode,
+                                  dir=str(run_dir.parent), reinit="finish_previous",
+                                  settings=wandb.Settings(silent=True))
+            if self.mode == "online":
+                print(f"wandb: logging to {self.run.url}")
         except Exception as e:
             print(f"wandb: could not start a run ({type(e).__name__}: {e}); results are on disk in {run_dir}",
                   file=sys.stderr)
@@ -61,15 +64,13 @@ class Tracker:
         except Exception as e:
             print(f"wandb: {fn.__name__} failed ({type(e).__name__}: {e}); results stay on disk", file=sys.stderr)
 
-    def log(self, data: dict, step: int | None = None):
-        if self.run is not None:
-            self._guard(self.run.log, data, step=step)
-
-    def curve(self, name: str, records: list[dict]):
-        """Per-step records (each with a "step" key) as wandb history on their own x axis, NAME/step."""
+    def curve(self, name: str, records: list[dict], step: str = "step"):
+        """Records (each with a `step` key: a training step, a batch or pass index) as wandb history named NAME/*
+        on their own x axis, NAME/STEP. They stay out of the run summary (summary="none"): the summary holds
+        the run's metrics only, not whatever the last history row happened to be."""
         def _curve():
-            self.run.define_metric(f"{name}/step")
-            self.run.define_metric(f"{name}/*", step_metric=f"{name}/step")
+            self.run.define_metric(f"{name}/{step}", summary="none")
+            self.run.define_metric(f"{name}/*", step_metric=f"{name}/{step}", summary="none")
             for record in records:
                 self.run.log({f"{name}/{key}": value for key, value in record.items()})
         if records:
@@ -80,8 +81,7 @@ class Tracker:
             from .stats import flat_summary
 
             m = results["metrics"]
-            self.run.summary.update({"environment": results["environment"], "model": results["model"],
-                                     "technique": results["technique"], **m,
+            self.run.summary.update({"model": results["model"], "technique": results["technique"], **m,
                                      **flat_summary(m["stats"] | m.get("comparison", {}))})
             table = self.wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows])
             gold = [LABELS.index(r["gold"]) for r in rows]
@@ -97,5 +97,6 @@ class Tracker:
         if self.run is not None:
             self._guard(self.run.finish)
             if self.mode == "offline":
-                print(f"wandb: offline run saved in {self.run.dir.rsplit('/files', 1)[0]}; "
-                      f"sync with `wandb sync {self.run.dir.rsplit('/files', 1)[0]}`")
+                where = self.run.dir.rsplit("/files", 1)[0]
+                print(f"wandb: {self.why_offline}the run was logged offline in {where}; "
+                      f"upload it with `wandb sync {where}`")

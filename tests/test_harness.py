@@ -26,6 +26,33 @@ def wandb_log(root: Path, *needles: bytes, timeout_s: float = 60) -> bytes:
         time.sleep(0.5)
 
 
+def wandb_records(log: bytes) -> dict:
+    """The records of an offline run's .wandb log (wandb's leveldb-style log of protobuf Records), gathered:
+    {"summary": the union of summary keys, "history": the union of history keys, "config": {key: JSON}}."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    out, pos, chunk = {"summary": set(), "history": set(), "config": {}}, 7, b""  # after the 7-byte file header
+    while pos + 7 <= len(log):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a record header is padding
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", log[pos:pos + 7])
+        chunk = log[pos + 7:pos + 7 + length] if kind in (1, 2) else chunk + log[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind not in (1, 4):  # 1 full, 2 first, 3 middle, 4 last fragment
+            continue
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(chunk)
+        key = lambda item: item.key or "/".join(item.nested_key)  # noqa: E731
+        out["summary"] |= {key(i) for i in record.summary.update}
+        out["history"] |= {key(i) for i in record.history.item}
+        for config in (record.run.config, record.config):  # the config at init, then any later updates
+            out["config"] |= {key(i): json.loads(i.value_json) for i in config.update}
+    return out
+
+
 def run_baseline(args, env=None, **kwargs):
     return subprocess.run([sys.executable, "baseline/baseline.py", *args], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=600, **kwargs)
@@ -75,9 +102,21 @@ def baseline_run(tokenizer_dir, data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
     r = run_baseline(["--model", "tiny-random", "--tokenizer-dir", tokenizer_dir, "--data-dir", data_dir,
                       "--limit", "12", "--batch-size", "5", "--output-dir", str(out), "--run-name", "base",
-                      "--wandb", "offline"], env={"WANDB_SILENT": "true"})
+                      "--wandb", "offline"])  # wandb as a user gets it: no WANDB_SILENT
     assert r.returncode == 0, r.stderr[-2000:]
     return out / "base", r
+
+
+def test_terminal_shows_only_what_the_user_can_act_on(baseline_run):
+    """No torchao extension failures, no torch pytree deprecations, no wandb banner or sparklines; our own
+    wandb line (where the run is, how to sync it), the timed-phase bar with its length and the summary stay."""
+    _, r = baseline_run
+    for noise in ("Failed to load", "register_constant", "_pytree", "Tracking run with wandb", "Run history",
+                  "Run summary", "wandb: Find logs at", "wandb leet"):
+        assert noise not in r.stderr + r.stdout, noise
+    assert "wandb sync" in r.stdout
+    assert "timed passes: 100%" in r.stderr and "3/3" in r.stderr  # a known total, so tqdm shows an ETA
+    assert "median of 3 timed passes" in r.stdout and "spread" in r.stdout
 
 
 def test_results_files_written(baseline_run, data_dir):
@@ -86,9 +125,11 @@ def test_results_files_written(baseline_run, data_dir):
     assert set(results) == {"config", "run", "environment", "model", "metrics", "technique"}
     cfg, metrics = results["config"], results["metrics"]
     assert cfg["technique"] == "baseline" and cfg["variant"] == "fp32-eager" and cfg["options"] == {}
-    assert results["run"] == {"run_name": "base", "device": "cpu", "weights": "random",
+    assert results["run"] == {"run_name": "base", "device": "cpu", "weights": "random", "questions": 12,
                               "prompt_form": "learned-prompt-9", "prompt_ids": list(range(57717, 57726))}
-    assert metrics["n"] == 12 and metrics["timed_passes"] >= 1
+    assert metrics["n"] == 12 and metrics["timed_passes"] == 3 and metrics["timing_source"] == "timed_passes"
+    assert len(metrics["pass_wall_s_samples"]) == 3 and metrics["pass_ms"]["n"] == 3
+    assert (run_dir.stat().st_mode & 0o777) == 0o755, "a run directory is for others to read"
     for key in ("p50", "p90", "p99", "mean", "stdev"):
         assert metrics["latency_question_ms"][key] > 0
     assert metrics["throughput_qps"] > 0 and metrics["cold_pass_s"] > 0 and metrics["load_s"] > 0
@@ -127,10 +168,23 @@ def test_offline_wandb_run_written_and_read_back(baseline_run):
     predictions = json.loads((run_dir / "predictions.json").read_text())
     assert [row[col] for row in table["data"]] == list(predictions.values())
     # the run log holds the tags, config and summary keys
-    needles = (b"weights: random", b"macro_f1", b"latency_question_ms", b"biogpt-pubmedqa")
+    needles = (b"weights: random", b"macro_f1", b"latency_question_ms", b"biogpt-pubmedqa", b"confusion_matrix_table")
     log = wandb_log(run_dir.parent / "wandb", *needles)
     for needle in needles:
         assert needle in log, needle
+    records = wandb_records(log)
+    summary, config = records["summary"], records["config"]
+    # the summary holds the run's metrics, the same names as results.json, and nothing from the last history row
+    assert {"accuracy", "macro_f1", "throughput_qps", "latency_question_ms", "pass_ms", "telemetry"} <= summary
+    leaked = {k for k in summary if k.split("/")[0] in ("batch", "pass", "latency_ms", "batch_size", "seq_len",
+                                                        "real_tokens")}
+    assert not leaked, leaked
+    # per-batch and per-pass history, each on its own axis
+    assert {"batch/index", "batch/latency_ms", "batch/seq_len", "pass/index", "pass/wall_s"} <= records["history"]
+    # options and the device actually used are config, not summary
+    assert config["resolved"]["device"] == "cpu" and config["resolved"]["questions"] == 12
+    assert config["environment"]["torch"] == torch.__version__ and config["options"] == {}
+    assert not {"environment", "options", "resolved"} & summary
 
 
 def test_reference_gives_full_agreement_with_itself(baseline_run, tokenizer_dir, data_dir):
@@ -158,14 +212,14 @@ def test_bad_input_one_line_exit_2_nothing_written(tokenizer_dir, data_dir, tmp_
     if "--device" in extra and torch.cuda.is_available():
         pytest.skip("CUDA is present")
     args = ["--model", "tiny-random", "--tokenizer-dir", tokenizer_dir, "--data-dir", data_dir, "--limit", "2",
-            "--wandb", "disabled", "--output-dir", str(tmp_path / "out")]
+            "--wandb", "disabled", "--output-dir", str(tmp_path / "out" / "nested")]
     # later flags win in argparse
     r = run_baseline(args + extra)
     assert r.returncode == 2, (r.returncode, r.stderr[-1500:])
     last = r.stderr.strip().splitlines()[-1]
     assert message in last, last
-    out = tmp_path / "out"
-    assert not out.exists() or not any(out.iterdir()), "a failed run left files behind"
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists(), "a failed run left (empty) directories behind"
 
 
 def test_saved_random_preset_reloads_marked_random(tiny, tmp_path):
