@@ -235,7 +235,10 @@ def main(argv=None):
                         + (f"  [needs {v.needs}: {v.reason}]" if v.needs else "") for v in variants))
         return
     out = Path(args.out or f"results/matrix-{time.strftime('%Y%m%d-%H%M%S')}")
-    outcomes = run_matrix(variants, out, common, args.resume, args.threads)
+    try:
+        outcomes = run_matrix(variants, out, common, args.resume, args.threads)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"finished runs kept in {out}; rerun with --resume to go on") from None
     from .report import build_report
 
     report = build_report([out], out)
