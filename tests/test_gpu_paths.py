@@ -97,3 +97,93 @@ def test_energy_falls_back_to_integrated_power_without_the_counter(nvml):
     assert out["energy_j"] == pytest.approx(200.0 * (power[-1]["t"] - power[0]["t"]))
     assert out["failed_sensors"]["energy"].startswith("NVMLError_NotSupported")
     assert out["gpu_util_mean"] is None and out["power_w_mean"] == 200.0
+
+
+# --- no device-to-host reads inside the timed loop --------------------------------------------------------------
+
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+from evaluation.answering import answer_logits, full_attention_mask, greedy_generate, make_batches  # noqa: E402
+from evaluation.modeling import random_model  # noqa: E402
+
+# Ops whose result the host must wait for on a GPU: a scalar read back (`.item()`, `bool(t)`, `if t.all()`) or an
+# output shape that depends on the data.
+HOST_READS = {torch.ops.aten._local_scalar_dense, torch.ops.aten.is_nonzero, torch.ops.aten.item,
+              torch.ops.aten.equal, torch.ops.aten.nonzero, torch.ops.aten.masked_select, torch.ops.aten._unique2,
+              torch.ops.aten.unique_consecutive}
+
+
+class HostReads(TorchDispatchMode):
+    """Records every op below the Python API that would sync a CUDA stream: on the CPU, the same ops run."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in HOST_READS:
+            self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return random_model("tiny-random", 0, torch.float32, torch.device("cpu"))
+
+
+# three prompts of different lengths, so every batch of them is padded
+PROMPTS = [[2] + list(range(10, 10 + n)) for n in (23, 9, 15)]
+
+
+def test_a_score_pass_reads_nothing_back_from_the_device(tiny_model):
+    batch = make_batches(PROMPTS, 3, 1, left_pad=False, device=torch.device("cpu"))[0]
+    assert batch.real_tokens < batch.padded_tokens
+    answer_ids = torch.tensor([5, 6, 7])
+    with HostReads() as reads:
+        answer_logits(tiny_model, batch, answer_ids)
+    # transformers' SDPA mask code from a 2D mask reads `padding_mask.all()` twice here
+    assert reads.ops == []
+
+
+def test_greedy_decoding_reads_back_only_its_stopping_check(tiny_model):
+    from evaluation.telemetry import Clock
+
+    batch = make_batches(PROMPTS, 3, 1, left_pad=True, device=torch.device("cpu"))[0]
+    max_new = 5
+    with HostReads() as reads:
+        tokens, _ = greedy_generate(tiny_model, batch, max_new, eos_id=2, clock=Clock(torch.device("cpu")))
+    n = tokens.shape[1]
+    checks = n - 1 + (n < max_new)  # one `done.all()` before each decode step, plus the one that stopped early
+    assert n > 1 and len(reads.ops) == checks, reads.ops
+
+
+def test_the_4d_mask_gives_the_logits_and_tokens_of_transformers_own_mask(tiny_model):
+    """The precomputed mask is the one transformers builds from the 2D mask: same logits, same greedy tokens."""
+    from evaluation.telemetry import Clock
+
+    import evaluation.answering as answering
+
+    batch = make_batches(PROMPTS, 3, 1, left_pad=False, device=torch.device("cpu"))[0]
+    answer_ids = torch.tensor([5, 6, 7])
+    with torch.inference_mode():
+        hidden = tiny_model.biogpt(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                   position_ids=batch.position_ids).last_hidden_state
+        want = tiny_model.output_projection(hidden[torch.arange(3), batch.last_index])[:, answer_ids]
+    torch.testing.assert_close(answer_logits(tiny_model, batch, answer_ids), want)
+
+    left = make_batches(PROMPTS, 3, 1, left_pad=True, device=torch.device("cpu"))[0]
+    clock = Clock(torch.device("cpu"))
+    got, _ = greedy_generate(tiny_model, left, 6, eos_id=-1, clock=clock)
+    try:  # the 2D mask straight to transformers, as before
+        answering.full_attention_mask = lambda model, mask, q_length: mask
+        plain, _ = greedy_generate(tiny_model, left, 6, eos_id=-1, clock=clock)
+    finally:
+        answering.full_attention_mask = full_attention_mask
+    assert torch.equal(got, plain)
+
+
+def test_non_sdpa_attention_gets_the_2d_mask():
+    """Eager attention adds its mask: a boolean 4D mask would be read as +1/+0, so it gets the 2D one."""
+    model = types.SimpleNamespace(config=types.SimpleNamespace(_attn_implementation="eager"))
+    mask = torch.ones(2, 5, dtype=torch.long)
+    assert full_attention_mask(model, mask, 5) is mask
