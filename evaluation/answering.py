@@ -113,8 +113,10 @@ def full_attention_mask(model, mask: torch.Tensor, q_length: int) -> torch.Tenso
 def answer_logits(model, batch: Batch, answer_ids: torch.Tensor) -> torch.Tensor:
     """Next-token logits over yes/no/maybe at each sequence's last real position; LM head only there."""
     mask = full_attention_mask(model, batch.attention_mask, batch.input_ids.shape[1])
-    hidden = model.biogpt(input_ids=batch.input_ids, attention_mask=mask,
-                          position_ids=batch.position_ids).last_hidden_state
+    # use_cache=False: one forward needs no KV cache, and BioGPT would otherwise build one (a copy of every
+    # layer's keys and values) per batch by default
+    hidden = model.biogpt(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
+                          use_cache=False).last_hidden_state
     last = hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.last_index]
     return model.output_projection(last)[:, answer_ids].float()
 

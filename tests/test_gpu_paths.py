@@ -145,6 +145,18 @@ def test_a_score_pass_reads_nothing_back_from_the_device(tiny_model):
     assert reads.ops == []
 
 
+def test_a_score_pass_builds_no_kv_cache(tiny_model, monkeypatch):
+    """BioGPT builds a cache by default (config.use_cache): a copy of every layer's keys and values per batch."""
+    from transformers.models.biogpt import modeling_biogpt
+
+    made = []
+    real = modeling_biogpt.DynamicCache
+    monkeypatch.setattr(modeling_biogpt, "DynamicCache", lambda *a, **k: made.append(1) or real(*a, **k))
+    batch = make_batches(PROMPTS, 3, 1, left_pad=False, device=torch.device("cpu"))[0]
+    answer_logits(tiny_model, batch, torch.tensor([5, 6, 7]))
+    assert made == []
+
+
 def test_greedy_decoding_reads_back_only_its_stopping_check(tiny_model):
     from evaluation.telemetry import Clock
 
