@@ -131,17 +131,37 @@ def make_batches(encoded: list[list[int]], batch_size: int, pad_id: int, left_pa
     return batches
 
 
+def full_attention_mask(model, mask: torch.Tensor, q_length: int) -> torch.Tensor:
+    """The [B, 1, q, kv] boolean mask SDPA attends with, from a [B, kv] padding mask: each of the last q positions
+    sees every real token up to itself. Built on the device without reading any value back.
+
+    Why not pass the 2D mask: from one, transformers' SDPA path (masking_utils._ignore_causal_mask_sdpa) asks
+    `fast_all(padding_mask)` in a Python `if` on every forward, to drop the mask when nothing is padded: a
+    device-to-host read per batch and per decode step. A 4D mask it takes as given. Eager attention wants an
+    additive float mask and flash a 2D one, so other implementations get the 2D mask as before."""
+    if model.config._attn_implementation != "sdpa":
+        return mask
+    kv = mask.shape[1]
+    causal = torch.ones(q_length, kv, dtype=torch.bool, device=mask.device).tril(kv - q_length)
+    return causal[None, None] & mask.bool()[:, None, None, :]
+
+
 @torch.inference_mode()
 def answer_logits(model, batch: Batch, answer_ids: torch.Tensor) -> torch.Tensor:
     """Next-token logits over yes/no/maybe at each sequence's last real position; LM head only there."""
-    hidden = model.biogpt(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                          position_ids=batch.position_ids).last_hidden_state
+    mask = full_attention_mask(model, batch.attention_mask, batch.input_ids.shape[1])
+    # use_cache=False: one forward needs no KV cache, and BioGPT would otherwise build one (a copy of every
+    # layer's keys and values) per batch by default
+    hidden = model.biogpt(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
+                          use_cache=False).last_hidden_state
     last = hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.last_index]
     return model.output_projection(last)[:, answer_ids].float()
 
 
 def prefill(model, input_ids, attention_mask, position_ids, cache=None):
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+    """One forward over `input_ids` after `cache`; `attention_mask`: [B, cached + new] padding mask."""
+    mask = full_attention_mask(model, attention_mask, input_ids.shape[1])
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                 past_key_values=cache, use_cache=True, logits_to_keep=1)
     return out.logits[:, -1].argmax(-1), out.past_key_values
 

@@ -54,12 +54,37 @@ def _nvml_handle(device: torch.device):
         return pynvml.nvmlDeviceGetHandleByIndex(index)
 
 
+def _utilisation(nv, h) -> dict:
+    u = nv.nvmlDeviceGetUtilizationRates(h)
+    return {"gpu_util": u.gpu, "mem_util": u.memory}
+
+
+# NVML sensors sampled during the timed phase, each read on its own: a GPU (or a MIG slice) that lacks one
+# (utilisation under MIG raises NVMLError_NotSupported) must not cost us the others. name -> (pynvml, handle) -> fields
+SENSORS = {
+    "gpu_util": _utilisation,
+    "mem_used": lambda nv, h: {"mem_used_mib": nv.nvmlDeviceGetMemoryInfo(h).used / 2**20},
+    "power": lambda nv, h: {"power_w": nv.nvmlDeviceGetPowerUsage(h) / 1e3},
+    "temp": lambda nv, h: {"temp_c": nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)},
+    "sm_clock": lambda nv, h: {"sm_clock_mhz": nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM)},
+}
+
+
+def _why(e: Exception) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
 class Sampler:
-    """Samples GPU (NVML) or process CPU/RSS at ~10 Hz in a background thread; never ends a run."""
+    """Samples GPU (NVML) or process CPU/RSS at ~10 Hz in a background thread; never ends a run.
+
+    On a GPU each sensor is read on its own: one that fails is recorded in `failed` (name -> reason) once and
+    skipped afterwards, the others keep sampling. Energy comes from NVML's total-energy counter read at enter
+    and exit, whatever the samples; integrated sampled power only when that counter is unavailable."""
 
     def __init__(self, device: torch.device, interval_s: float = 0.1):
         self.interval_s, self.samples, self.error = interval_s, [], None
-        self.handle = self.energy0 = None
+        self.handle = self.energy0 = self.energy1 = None
+        self.failed: dict[str, str] = {}
         self.process = psutil.Process()
         self._stop = threading.Event()
         if device.type != "cuda":
@@ -68,31 +93,35 @@ class Sampler:
         try:
             self.handle = _nvml_handle(device)
         except Exception as e:
-            self.error = f"NVML unavailable: {type(e).__name__}: {e}"
+            self.error = f"NVML unavailable: {_why(e)}"
 
     def _read_gpu(self) -> dict:
         import pynvml
 
-        h = self.handle
-        util = pynvml.nvmlDeviceGetUtilizationRates(h)
-        return {"t": time.perf_counter(), "gpu_util": util.gpu, "mem_util": util.memory,
-                "mem_used_mib": pynvml.nvmlDeviceGetMemoryInfo(h).used / 2**20,
-                "power_w": pynvml.nvmlDeviceGetPowerUsage(h) / 1e3,
-                "temp_c": pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU),
-                "sm_clock_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)}
+        sample = {"t": time.perf_counter()}
+        for name, read in SENSORS.items():
+            if name in self.failed:
+                continue
+            try:
+                sample.update(read(pynvml, self.handle))
+            except Exception as e:  # e.g. NVMLError_NotSupported: skip this sensor from now on
+                self.failed[name] = _why(e)
+        return sample
 
     def _read_cpu(self) -> dict:
         return {"t": time.perf_counter(), "rss_mib": self.process.memory_info().rss / 2**20,
                 "cpu_percent": self.process.cpu_percent(None)}
 
     def _loop(self):
-        read = self._read_gpu if self.handle is not None else self._read_cpu
+        gpu = self.handle is not None
         while not self._stop.is_set():
             try:
-                self.samples.append(read())
-            except Exception as e:  # a sensor that fails mid-run: keep what we have
-                self.error = f"sampling stopped: {type(e).__name__}: {e}"
+                self.samples.append(self._read_gpu() if gpu else self._read_cpu())
+            except Exception as e:  # the CPU figures failing (psutil): keep what we have
+                self.error = f"sampling stopped: {_why(e)}"
                 return
+            if gpu and len(self.failed) == len(SENSORS):
+                return  # nothing left to read; energy still comes from the counter
             self._stop.wait(self.interval_s)
 
     def _energy_mj(self):
@@ -100,7 +129,8 @@ class Sampler:
 
         try:
             return pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
-        except Exception:
+        except Exception as e:  # e.g. before Volta, or on a MIG slice: fall back to integrated power
+            self.failed.setdefault("energy", _why(e))
             return None
 
     def __enter__(self):
@@ -115,34 +145,52 @@ class Sampler:
 
     def __exit__(self, *exc):
         self.elapsed_s = time.perf_counter() - self.t0
-        self.energy1 = self._energy_mj() if self.handle is not None else None
+        self.energy1 = self._energy_mj() if self.energy0 is not None else None
         self._stop.set()
         self.thread.join()
 
+    def _energy(self) -> tuple[float | None, str | None]:
+        """(joules, source): the counter's difference, else sampled power integrated over time, else (None, None)."""
+        if self.energy0 is not None and self.energy1 is not None:
+            return (self.energy1 - self.energy0) / 1e3, "nvml_total_energy_counter"
+        power = [x for x in self.samples if "power_w" in x]
+        if len(power) < 2:
+            return None, None
+        return sum((b["t"] - a["t"]) * (a["power_w"] + b["power_w"]) / 2 for a, b in zip(power, power[1:])), \
+            "integrated_power"
+
     def summary(self, questions: int) -> dict:
-        """GPU figures (null with a reason without NVML) and CPU figures (RSS, utilisation)."""
-        s, out = self.samples, {"samples": len(self.samples), "nvml_error": None}
+        """GPU figures (null with a reason without NVML, or where that sensor failed) and CPU figures."""
+        s, out = self.samples, {"samples": len(self.samples), "nvml_error": None, "failed_sensors": {}}
         gpu_keys = ["gpu_util_mean", "mem_util_mean", "gpu_mem_used_peak_mib", "power_w_mean", "power_w_max",
                     "energy_j", "energy_j_per_question", "energy_source", "temp_c_mean", "temp_c_max",
                     "sm_clock_mhz_mean"]
-        if self.handle is None or not s:
+        if self.handle is None:
             out.update(dict.fromkeys(gpu_keys))
             out["nvml_error"] = self.error or "no NVML samples were taken"
             out["rss_peak_mib"] = max((x.get("rss_mib", 0) for x in s), default=self.process.memory_info().rss / 2**20)
             out["cpu_util_mean"] = statistics.fmean(x["cpu_percent"] for x in s[1:]) if len(s) > 1 else None
             return out
-        mean = lambda k: statistics.fmean(x[k] for x in s)  # noqa: E731
-        if self.energy0 is not None and self.energy1 is not None:
-            energy, source = (self.energy1 - self.energy0) / 1e3, "nvml_total_energy_counter"
-        else:  # integrate sampled power over time
-            energy = sum((b["t"] - a["t"]) * (a["power_w"] + b["power_w"]) / 2 for a, b in zip(s, s[1:]))
-            source = "integrated_power"
+
+        def values(k):
+            return [x[k] for x in s if k in x]
+
+        def mean(k):
+            v = values(k)
+            return statistics.fmean(v) if v else None
+
+        def peak(k):
+            return max(values(k), default=None)
+
+        energy, source = self._energy()
         out.update(gpu_util_mean=mean("gpu_util"), mem_util_mean=mean("mem_util"),
-                   gpu_mem_used_peak_mib=max(x["mem_used_mib"] for x in s), power_w_mean=mean("power_w"),
-                   power_w_max=max(x["power_w"] for x in s), energy_j=energy,
-                   energy_j_per_question=energy / questions if questions else None, energy_source=source,
-                   temp_c_mean=mean("temp_c"), temp_c_max=max(x["temp_c"] for x in s),
-                   sm_clock_mhz_mean=mean("sm_clock_mhz"), nvml_error=self.error)
+                   gpu_mem_used_peak_mib=peak("mem_used_mib"), power_w_mean=mean("power_w"),
+                   power_w_max=peak("power_w"), energy_j=energy,
+                   energy_j_per_question=energy / questions if energy is not None and questions else None,
+                   energy_source=source, temp_c_mean=mean("temp_c"), temp_c_max=peak("temp_c"),
+                   sm_clock_mhz_mean=mean("sm_clock_mhz"), failed_sensors=dict(self.failed))
+        # one line for readers that only show nvml_error (report.py's energy note): which sensors failed and why
+        out["nvml_error"] = "; ".join(f"{k}: {v}" for k, v in self.failed.items()) or self.error
         out["rss_peak_mib"] = self.process.memory_info().rss / 2**20
         out["cpu_util_mean"] = None
         return out
