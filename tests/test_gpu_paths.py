@@ -131,12 +131,13 @@ def tiny_model():
     return random_model("tiny-random", 0, torch.float32, torch.device("cpu"))
 
 
-# three prompts of different lengths, so every batch of them is padded
+# three prompts of different lengths in one batch (a bucket keeps them together; token-budget batching
+# would split them), so the batch is padded
 PROMPTS = [[2] + list(range(10, 10 + n)) for n in (23, 9, 15)]
 
 
 def test_a_score_pass_reads_nothing_back_from_the_device(tiny_model):
-    batch = make_batches(PROMPTS, 3, 1, left_pad=False, device=torch.device("cpu"))[0]
+    batch = make_batches(PROMPTS, 3, 1, left_pad=False, device=torch.device("cpu"), buckets=[24])[0]
     assert batch.real_tokens < batch.padded_tokens
     answer_ids = torch.tensor([5, 6, 7])
     with HostReads() as reads:
@@ -152,7 +153,7 @@ def test_a_score_pass_builds_no_kv_cache(tiny_model, monkeypatch):
     made = []
     real = modeling_biogpt.DynamicCache
     monkeypatch.setattr(modeling_biogpt, "DynamicCache", lambda *a, **k: made.append(1) or real(*a, **k))
-    batch = make_batches(PROMPTS, 3, 1, left_pad=False, device=torch.device("cpu"))[0]
+    batch = make_batches(PROMPTS, 3, 1, left_pad=False, device=torch.device("cpu"), buckets=[24])[0]
     answer_logits(tiny_model, batch, torch.tensor([5, 6, 7]))
     assert made == []
 
@@ -160,7 +161,7 @@ def test_a_score_pass_builds_no_kv_cache(tiny_model, monkeypatch):
 def test_greedy_decoding_reads_back_only_its_stopping_check(tiny_model):
     from evaluation.telemetry import Clock
 
-    batch = make_batches(PROMPTS, 3, 1, left_pad=True, device=torch.device("cpu"))[0]
+    batch = make_batches(PROMPTS, 3, 1, left_pad=True, device=torch.device("cpu"), buckets=[24])[0]
     max_new = 5
     with HostReads() as reads:
         tokens, _ = greedy_generate(tiny_model, batch, max_new, eos_id=2, clock=Clock(torch.device("cpu")))
@@ -175,7 +176,7 @@ def test_the_4d_mask_gives_the_logits_and_tokens_of_transformers_own_mask(tiny_m
 
     import evaluation.answering as answering
 
-    batch = make_batches(PROMPTS, 3, 1, left_pad=False, device=torch.device("cpu"))[0]
+    batch = make_batches(PROMPTS, 3, 1, left_pad=False, device=torch.device("cpu"), buckets=[24])[0]
     answer_ids = torch.tensor([5, 6, 7])
     with torch.inference_mode():
         hidden = tiny_model.biogpt(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
@@ -183,7 +184,7 @@ def test_the_4d_mask_gives_the_logits_and_tokens_of_transformers_own_mask(tiny_m
         want = tiny_model.output_projection(hidden[torch.arange(3), batch.last_index])[:, answer_ids]
     torch.testing.assert_close(answer_logits(tiny_model, batch, answer_ids), want)
 
-    left = make_batches(PROMPTS, 3, 1, left_pad=True, device=torch.device("cpu"))[0]
+    left = make_batches(PROMPTS, 3, 1, left_pad=True, device=torch.device("cpu"), buckets=[24])[0]
     clock = Clock(torch.device("cpu"))
     got, _ = greedy_generate(tiny_model, left, 6, eos_id=-1, clock=clock)
     try:  # the 2D mask straight to transformers, as before
