@@ -5,6 +5,7 @@ Weights stay Relax function inputs and are handed over from PyTorch by DLPack (n
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import subprocess
 import sys
@@ -110,6 +111,28 @@ def json_database_works() -> bool:
     return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
 
 
+@functools.cache
+def import_tensor_intrinsics():
+    """Import tvm.s_tir.tensor_intrin (MetaSchedule's TuneContext and dlight's GPU matmul import it) in seconds,
+    not minutes. It parses ~250 TVMScript intrinsics, and TVMScript's prim_func calls inspect.stack() for each;
+    for every frame whose file is not on disk (<frozen importlib._bootstrap>, <ast>) inspect.getmodule scans all
+    of sys.modules (3,600 with torch and transformers loaded) and finds nothing. That was ~30,000 scans: 11 min
+    of this import on this busy 2-core CPU, 8 s without them. For a frame in such a pseudo-file the scan can only
+    end in None (no module's file is "<ast>", and a frame has no __module__), so that is answered at once."""
+    scan = inspect.getmodule
+
+    def getmodule(obj, _filename=None):
+        if inspect.isframe(obj) and _filename and _filename.startswith("<") and _filename.endswith(">"):
+            return None
+        return scan(obj, _filename)
+
+    inspect.getmodule = getmodule
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+    finally:
+        inspect.getmodule = scan
+
+
 @derived_object
 class InProcessBuilder(ms.builder.PyBuilder):
     """Builds candidates in this process. MetaSchedule's LocalBuilder starts worker processes, and each one
@@ -159,6 +182,7 @@ def has_record(database: ms.Database, task) -> bool:
 def tune(mod: tvm.IRModule, target: tvm.target.Target, trials: int, work_dir: str, ops: list[str] | None):
     """MetaSchedule over the fused kernels (those named like `ops`, all when None) that work_dir's database
     has no record for; then every kernel the database knows is applied. (module, task counts)."""
+    import_tensor_intrinsics()  # before TuneContext imports it the slow way
     with target:
         mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
                                         relax.transform.CanonicalizeBindings(),
