@@ -4,8 +4,13 @@ The torch.export route, not TVM's dynamo backend: with TVM 0.27 the dynamo route
 Weights stay Relax function inputs and are handed over from PyTorch by DLPack (no copy of a 6 GB model)."""
 from __future__ import annotations
 
+import ctypes
 import functools
+import glob
+import inspect
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -28,8 +33,117 @@ JSON_DATABASE_BROKEN = (f"MetaSchedule cannot write its tuning database here: tv
                         "pip install apache-tvm-ffi==0.1.14.post0 (the version TVM 0.27 works with) for --mode ansor")
 
 
+# apache-tvm 0.27.0.post1's CUDA runtime (libtvm_runtime_cuda.so) links libcudart.so.13: it needs CUDA 13 libraries
+# and a driver for CUDA 13 (R580 or newer; cuDriverGetVersion >= 13000).
+TVM_CUDA_MAJOR = 13
+
+
+def nvrtc_problems() -> list[str]:
+    """TVM's default CUDA route: the module holds CUDA source, compiled by NVRTC (through cuda-bindings) when it
+    is loaded on the GPU, with the CUDA toolkit's headers from CUDA_PATH (else nvcc's ../..)."""
+    try:
+        from cuda.bindings import nvrtc
+    except ImportError:
+        return [f"cuda-bindings is not importable (TVM compiles its CUDA kernels at load time with NVRTC through "
+                f"it): pip install 'cuda-bindings>={TVM_CUDA_MAJOR},<{TVM_CUDA_MAJOR + 1}'"]
+    problems = []
+    try:
+        _, major, minor = nvrtc.nvrtcVersion()
+        if major < TVM_CUDA_MAJOR:
+            problems.append(f"NVRTC is CUDA {major}.{minor}, TVM's CUDA runtime is CUDA {TVM_CUDA_MAJOR}: "
+                            f"pip install 'nvidia-cuda-nvrtc>={TVM_CUDA_MAJOR},<{TVM_CUDA_MAJOR + 1}'")
+    except Exception as e:  # cuda.pathfinder's DynamicLibNotFoundError: no libnvrtc.so anywhere it looks
+        problems.append(f"cuda-bindings finds no NVRTC library ({type(e).__name__}): pip install "
+                        f"'nvidia-cuda-nvrtc>={TVM_CUDA_MAJOR},<{TVM_CUDA_MAJOR + 1}' or install the CUDA "
+                        f"{TVM_CUDA_MAJOR} toolkit")
+    headers = cuda_header_problem()
+    return problems + ([headers] if headers else [])
+
+
+def cuda_header_problem() -> str | None:
+    """NVRTC compiles against the toolkit's cuda_runtime.h and CCCL (<cuda/std/cstdint>), found where TVM looks."""
+    from tvm.support.nvcc import find_cuda_path
+
+    fix = f"set CUDA_PATH to the CUDA {TVM_CUDA_MAJOR} toolkit root (where include/cuda_runtime.h is)"
+    try:
+        root = find_cuda_path()
+    except RuntimeError:
+        return f"no CUDA toolkit found for NVRTC's headers: {fix}"
+    include_dirs = [os.path.join(root, "include"), *glob.glob(os.path.join(root, "targets", "*", "include"))]
+    if not any(os.path.isfile(os.path.join(d, "cuda_runtime.h")) for d in include_dirs):
+        # e.g. an nvcc on PATH that is a wrapper script, not a link into the toolkit
+        return f"no CUDA headers under {root}, where TVM looks (CUDA_PATH, else nvcc's ../..): {fix}"
+    if not glob.glob(os.path.join(root, "targets", "*", "include", "cccl", "cuda", "std", "cstdint")):
+        return f"no CCCL headers (cuda/std/cstdint) under {root}/targets/*/include/cccl: {fix}"
+    return None
+
+
+def tvm_cuda_runtime_error() -> str | None:
+    """TVM loads its CUDA runtime library when imported and drops the error if that fails (CUDA devices then
+    just do not exist). Load it again to get the reason: the library the dynamic loader could not find."""
+    if tvm.runtime.enabled("cuda"):
+        return None
+    from tvm_ffi.libinfo import load_lib_ctypes
+
+    try:
+        load_lib_ctypes(package="tvm", target_name="tvm_runtime_cuda", mode="RTLD_LOCAL",
+                        extra_lib_paths=tvm.libinfo.package_lib_paths())
+    except (OSError, RuntimeError) as e:
+        if "libcuda.so" in str(e):
+            return f"no NVIDIA driver: TVM's CUDA runtime cannot load ({e})"
+        if "libcudart.so" in str(e):
+            return (f"no CUDA {TVM_CUDA_MAJOR} runtime library: TVM's CUDA runtime cannot load ({e}); install "
+                    f"the CUDA {TVM_CUDA_MAJOR} toolkit, or torch built for CUDA {TVM_CUDA_MAJOR}")
+        return f"TVM's CUDA runtime cannot load: {e}"
+    return None if tvm.runtime.enabled("cuda") else "this TVM build has no CUDA runtime"
+
+
+def cuda_driver_version() -> int | None:
+    """The driver's CUDA version as cuDriverGetVersion gives it (13000 = 13.0); None without a driver."""
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    version = ctypes.c_int(0)
+    libcuda.cuDriverGetVersion(ctypes.byref(version))
+    return version.value
+
+
+def cuda_device_problem(index: int) -> str:
+    """TVM's CUDA runtime loaded, yet tvm.cuda(index) does not exist: why, as far as the driver tells."""
+    version = cuda_driver_version()
+    if version is None:
+        return "no NVIDIA driver (libcuda.so.1 not found)"
+    supports = f"{version // 1000}.{version % 1000 // 10}"
+    if version < TVM_CUDA_MAJOR * 1000:
+        return (f"the NVIDIA driver supports CUDA up to {supports}; TVM's CUDA runtime is CUDA {TVM_CUDA_MAJOR} "
+                f"and needs a driver for it (R580 or newer)")
+    return (f"no CUDA device {index} visible (driver for CUDA {supports} present): check nvidia-smi and "
+            "CUDA_VISIBLE_DEVICES")
+
+
+def check_cuda_runtime(index: int = 0):
+    """Before a CUDA build, everything TVM's CUDA path needs, or a UsageError naming each missing piece.
+    Without it a missing piece surfaces as Target.from_device's ValueError on a device that does not exist, or
+    as an NVRTC error at the first call, after export and build."""
+    problems = []
+    if os.environ.get("TVM_CUDA_COMPILE_MODE", "nvrtc").lower() == "nvcc":  # TVM's other load-time compiler
+        if shutil.which("nvcc") is None:
+            problems.append("TVM_CUDA_COMPILE_MODE=nvcc but no nvcc on PATH")
+    else:
+        problems += nvrtc_problems()
+    runtime_error = tvm_cuda_runtime_error()
+    if runtime_error:
+        problems.append(runtime_error)
+    elif not tvm.cuda(index).exist:
+        problems.append(cuda_device_problem(index))
+    if problems:
+        raise UsageError("--backend tvm cannot use CUDA here: " + "; ".join(problems))
+
+
 def tvm_target(device: torch.device) -> tvm.target.Target:
     if device.type == "cuda":
+        check_cuda_runtime(device.index or 0)
         return tvm.target.Target.from_device(tvm.cuda(device.index or 0))
     # The host CPU by name: plain "llvm" means generic x86-64 (no AVX), far from what the CPU can do.
     return tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
@@ -110,6 +224,28 @@ def json_database_works() -> bool:
     return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
 
 
+@functools.cache
+def import_tensor_intrinsics():
+    """Import tvm.s_tir.tensor_intrin (MetaSchedule's TuneContext and dlight's GPU matmul import it) in seconds,
+    not minutes. It parses ~250 TVMScript intrinsics, and TVMScript's prim_func calls inspect.stack() for each;
+    for every frame whose file is not on disk (<frozen importlib._bootstrap>, <ast>) inspect.getmodule scans all
+    of sys.modules (3,600 with torch and transformers loaded) and finds nothing. That was ~30,000 scans: 11 min
+    of this import on this busy 2-core CPU, 8 s without them. For a frame in such a pseudo-file the scan can only
+    end in None (no module's file is "<ast>", and a frame has no __module__), so that is answered at once."""
+    scan = inspect.getmodule
+
+    def getmodule(obj, _filename=None):
+        if inspect.isframe(obj) and _filename and _filename.startswith("<") and _filename.endswith(">"):
+            return None
+        return scan(obj, _filename)
+
+    inspect.getmodule = getmodule
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+    finally:
+        inspect.getmodule = scan
+
+
 @derived_object
 class InProcessBuilder(ms.builder.PyBuilder):
     """Builds candidates in this process. MetaSchedule's LocalBuilder starts worker processes, and each one
@@ -159,6 +295,7 @@ def has_record(database: ms.Database, task) -> bool:
 def tune(mod: tvm.IRModule, target: tvm.target.Target, trials: int, work_dir: str, ops: list[str] | None):
     """MetaSchedule over the fused kernels (those named like `ops`, all when None) that work_dir's database
     has no record for; then every kernel the database knows is applied. (module, task counts)."""
+    import_tensor_intrinsics()  # before TuneContext imports it the slow way
     with target:
         mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
                                         relax.transform.CanonicalizeBindings(),
@@ -184,6 +321,31 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, trials: int, work_dir: st
     return mod, {"tasks": len(tasks), "tasks_tuned": len(todo), "tasks_from_database": len(tasks) - len(todo)}
 
 
+# Tensor-core instructions in the CUDA C that TVM generates: WMMA (what dlight's Matmul rule emits), inline-PTX
+# mma.sync, Hopper's wgmma.
+TENSOR_CORE_OPS = re.compile(r"wmma::mma_sync|\bmma\.sync\b|\bwgmma\.")
+KERNEL_DEFINITION = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?\w+\([^)]*\)\s*\{')
+
+
+def cuda_source(executable) -> str:
+    """The CUDA C of a built module: the host module imports a device module that holds the source (it is
+    compiled when loaded on the GPU), so it can be read, and compiled offline, on a machine without one."""
+    pending = [executable.mod]
+    while pending:
+        module = pending.pop()
+        if module.kind == "cuda":
+            return module.inspect_source()
+        pending += list(module.imports)
+    raise ValueError("no CUDA device module in this build")
+
+
+def tensor_core_kernels(source: str) -> tuple[int, int]:
+    """(kernels with tensor-core instructions, kernels) in a CUDA module's source."""
+    starts = [m.start() for m in KERNEL_DEFINITION.finditer(source)] + [len(source)]
+    bodies = [source[a:b] for a, b in zip(starts, starts[1:])]
+    return sum(bool(TENSOR_CORE_OPS.search(b)) for b in bodies), len(bodies)
+
+
 class TVMCompiler:
     """Callable over the 4 prompt tensors; builds (and tunes) once per input shape, then reuses the build."""
 
@@ -196,8 +358,11 @@ class TVMCompiler:
         self.dev = tvm.cuda(device.index or 0) if device.type == "cuda" else tvm.cpu(0)
         self.builds, self.times = {}, {"export_s": 0.0, "tune_s": 0.0, "build_s": 0.0}
         self.tuning = {"tasks": 0, "tasks_tuned": 0, "tasks_from_database": 0}
+        self.kernels = {"kernels": 0, "tensor_core_kernels": 0}  # CUDA builds, all shapes together
 
-    def build(self, tensors: tuple):
+    def compile(self, tensors: tuple):
+        """(executable, weights) for these inputs' shapes: export, tuning, tvm.compile. Needs no device, so a
+        CPU machine can build for a CUDA target."""
         t0 = time.perf_counter()
         with torch.inference_mode(False):  # torch.export traces with ordinary (not inference) tensors
             mod, weights = export_relax(self.module, tuple(t.clone() for t in tensors))
@@ -207,9 +372,24 @@ class TVMCompiler:
             mod, counts = tune(mod, self.target, self.trials, self.work_dir, self.tune_ops)
             self.tuning = {k: self.tuning[k] + v for k, v in counts.items()}
         t2 = time.perf_counter()
-        vm = relax.VirtualMachine(tvm.compile(mod, target=self.target), self.dev)
+        if self.target.kind.name == "cuda":
+            import_tensor_intrinsics()  # dlight's Matmul rule imports them to tensorize float16 matmuls
+        # On CUDA, tvm.compile's default pipeline (relax.backend.cuda) schedules every kernel with dlight's GPU
+        # rules (Matmul, GEMV, Reduction, GeneralReduction, Fallback); one left unscheduled fails the build.
+        executable = tvm.compile(mod, target=self.target)
+        if self.target.kind.name == "cuda":
+            tensor_core, kernels = tensor_core_kernels(cuda_source(executable))
+            self.kernels = {"kernels": self.kernels["kernels"] + kernels,
+                            "tensor_core_kernels": self.kernels["tensor_core_kernels"] + tensor_core}
         self.times = {k: self.times[k] + v for k, v in
                       (("export_s", t1 - t0), ("tune_s", t2 - t1), ("build_s", time.perf_counter() - t2))}
+        return executable, weights
+
+    def build(self, tensors: tuple):
+        executable, weights = self.compile(tensors)
+        t0 = time.perf_counter()
+        vm = relax.VirtualMachine(executable, self.dev)  # on CUDA, NVRTC compiles the kernels here
+        self.times["build_s"] += time.perf_counter() - t0
         return vm["main"], [tvm.runtime.from_dlpack(w.detach().contiguous()) for w in weights]
 
     def __call__(self, *tensors):
@@ -220,7 +400,19 @@ class TVMCompiler:
         out = main(*[tvm.runtime.from_dlpack(t.contiguous()) for t in tensors], *weights)
         return torch.from_dlpack(out if isinstance(out, tvm.runtime.Tensor) else out[0])
 
+    def tensor_cores(self) -> tuple[bool | None, str]:
+        """Whether the CUDA kernels built so far use tensor cores, read from their source; None on a CPU."""
+        if self.target.kind.name != "cuda":
+            return None, "not a CUDA build"
+        used, kernels = self.kernels["tensor_core_kernels"], self.kernels["kernels"]
+        if used:
+            return True, f"{used} of {kernels} kernels use tensor-core instructions (wmma/mma.sync/wgmma)"
+        return False, (f"none of {kernels} kernels uses tensor-core instructions: dlight's CUDA Matmul rule, which "
+                       "schedules untuned kernels, tensorizes only float16 and int8 matmuls with all extents > 64")
+
     def stats(self) -> dict:
+        tensor_cores, why = self.tensor_cores()
         return {"compilations": len(self.builds), **self.times,
+                "tensor_cores": tensor_cores, "tensor_cores_reason": why,
                 **({"tuning_trials": self.trials, "tuning_work_dir": self.work_dir, **self.tuning}
                    if self.tune else {})}
