@@ -10,8 +10,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tensor_rewriting"))
-tvm_backend = pytest.importorskip("tvm_backend")
+tvm_backend = pytest.importorskip("tensor_rewriting.tvm_backend")
 import tvm  # noqa: E402  (after the skip: tvm comes with tvm_backend)
 
 from evaluation import UsageError  # noqa: E402
@@ -103,7 +102,7 @@ def tiny_model_inputs(dtype):
     the least at which dlight's Matmul rule tensorizes."""
     from evaluation.answering import make_batches
     from evaluation.modeling import random_model
-    from hot_path import AnswerLogits
+    from tensor_rewriting.hot_path import AnswerLogits
 
     model = random_model("tiny-random", 0, dtype, torch.device("cpu"), num_hidden_layers=1, hidden_size=128)
     (batch,) = make_batches([list(range(2, 130))], 1, 1, left_pad=False, device=torch.device("cpu"))

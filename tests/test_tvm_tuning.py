@@ -6,14 +6,13 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tensor_rewriting"))
 
 
 def tiny_prompt_model():
     """(AnswerLogits over a 1-layer tiny-random BioGPT, one 1 x 8 prompt batch): small enough to tune in a test."""
     from evaluation.answering import make_batches
     from evaluation.modeling import random_model
-    from hot_path import AnswerLogits
+    from tensor_rewriting.hot_path import AnswerLogits
 
     model = random_model("tiny-random", 0, torch.float32, torch.device("cpu"), num_hidden_layers=1)
     (batch,) = make_batches([[2, 5, 9, 11, 40, 7, 3, 8]], 1, 1, left_pad=False, device=torch.device("cpu"))
@@ -22,10 +21,10 @@ def tiny_prompt_model():
 
 
 def test_default_budget_tunes_with_evolutionary_search_and_xgboost(tmp_path, monkeypatch):
-    tvm_backend = pytest.importorskip("tvm_backend")
+    tvm_backend = pytest.importorskip("tensor_rewriting.tvm_backend")
     if not tvm_backend.json_database_works():
         pytest.skip(tvm_backend.JSON_DATABASE_BROKEN)
-    from hot_path import TOLERANCE
+    from tensor_rewriting.hot_path import TOLERANCE
     from tvm.s_tir.meta_schedule.cost_model import XGBModel
 
     trained = []  # sample counts the XGBoost cost model was fitted on: proof the default search path ran
