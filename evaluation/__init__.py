@@ -1,12 +1,12 @@
 """Shared PubMedQA evaluation harness for the BioGPT-Large optimization scripts."""
-from .config import Options, RunConfig, UsageError, option, parse_config, quiet_third_party, run_main
+from .config import DtypeOptions, Options, RunConfig, UsageError, option, parse_config, quiet_third_party, run_main
 from .data import LABELS, Question, load_finetuning_data, load_test_questions, load_train_questions
 from .harness import evaluate
 from .modeling import (PRESETS, decoder_linears, footprint_bytes, linear_conversion, load_model, load_tokenizer,
                        parameter_count, require_all_converted, resolve_device)
 from .runner import Applied, main, run
 
-__all__ = ["LABELS", "PRESETS", "Applied", "Options", "Question", "RunConfig", "UsageError", "decoder_linears",
+__all__ = ["LABELS", "PRESETS", "Applied", "DtypeOptions", "Options", "Question", "RunConfig", "UsageError", "decoder_linears",
            "evaluate", "footprint_bytes", "linear_conversion", "load_finetuning_data", "load_model",
            "load_test_questions", "load_tokenizer", "load_train_questions", "main", "option", "parameter_count",
            "parse_config", "require_all_converted", "resolve_device", "run", "run_main"]

@@ -47,6 +47,17 @@ class Options:
         """Refuse, before any loading, what this device cannot run (raise UsageError)."""
 
 
+@dataclass(frozen=True)
+class DtypeOptions(Options):
+    """A technique that runs the whole model in a dtype the user picks (--dtype)."""
+    dtype_name: str = option("float32", "Model weights and activations.", choices=["float32", "float16", "bfloat16"],
+                             flag="--dtype")
+
+    @property
+    def dtype(self) -> str:
+        return self.dtype_name
+
+
 def _env(name: str):
     return lambda: os.environ.get(name)
 

@@ -1,5 +1,7 @@
 """Pruning: unstructured, structured, block or 2:4 sparsity of BioGPT's decoder Linear layers, optional recovery.
 
+2:4 runs on sparse kernels only in bfloat16 or float16 on a CUDA GPU (--dtype); elsewhere its zeros run dense.
+
     python pruning/pruning.py --strategy unstructured --sparsity 0.5 --reference results/<baseline run>
     python pruning/pruning.py --strategy structured --sparsity 0.3 --heads-fraction 0.2 --save-dir pruned/
     python pruning/pruning.py --strategy 2:4 --dtype bfloat16 --finetune-steps 200
@@ -9,7 +11,7 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluation import Applied, Options, UsageError, load_finetuning_data, main, option
+from evaluation import Applied, DtypeOptions, Options, UsageError, load_finetuning_data, main, option
 from evaluation.finetune import finetune
 
 if __package__:  # imported as pruning.pruning
@@ -21,7 +23,7 @@ STRATEGIES = ["unstructured", "structured", "block", "2:4"]
 
 
 @dataclass(frozen=True)
-class PruningOptions(Options):
+class PruningOptions(DtypeOptions):
     strategy: str = option("unstructured", "unstructured: L1 magnitude; structured: remove FFN neurons (and "
                                            "heads); block: zero the lowest-norm tiles; 2:4: 2 of every 4 weights "
                                            "zero (sparse kernels on a GPU).", choices=STRATEGIES)
@@ -31,8 +33,6 @@ class PruningOptions(Options):
                                   "sparsity per matrix.", choices=["global", "layer"])
     block_size: int = option(32, "block: the tile side.", choices=[4, 8, 16, 32, 64])
     heads_fraction: float = option(0.0, "structured: the fraction of attention heads also removed per layer.")
-    dtype_name: str = option("float32", "Weights dtype; 2:4 sparse kernels need bfloat16 or float16 on a CUDA GPU.",
-                             choices=["float32", "bfloat16", "float16"], flag="--dtype")
     finetune_steps: int = option(0, "Recovery fine-tuning steps on the PubMedQA train/dev half, mask fixed "
                                     "(0: none).")
     finetune_lr: float = option(1e-5, "Recovery fine-tuning peak learning rate.")
@@ -54,9 +54,6 @@ class PruningOptions(Options):
     def variant(self) -> str:
         return f"{self.strategy.replace(':', 'of')}-{self.sparsity:g}"
 
-    @property
-    def dtype(self) -> str:
-        return self.dtype_name
 
 
 def prune(model, opts) -> dict:

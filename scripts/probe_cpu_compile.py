@@ -6,7 +6,7 @@ torch.set_num_threads pinned, because the CPU is shared; the ratio reported is t
 (eager-fp32 time in that round / variant time in that round). Agreement: argmax equal to eager fp32 on every
 checked question, and max |logit diff| vs eager fp32 (and vs eager bf16 for bf16 variants).
 
-    PYTHONPATH=$PWD python scripts/probe_cpu_compile.py --layers 24 --batch 4 --width 512 --rounds 5 \
+    python scripts/probe_cpu_compile.py --layers 24 --batch 4 --width 512 --rounds 5 \
         --variants eager-fp32,ind-fp32,ind-fp32-freeze,eager-bf16,ind-bf16-freeze
     ... --profile ind-fp32,eager-fp32 --layers 2     # torch.profiler tables, one forward each
 

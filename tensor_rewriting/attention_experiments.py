@@ -9,9 +9,8 @@ tensor_rewriting/attention_table.py measures the same switch per batch size x se
 """
 from dataclasses import dataclass
 
-from evaluation import Applied, Options, UsageError, main, option
+from evaluation import Applied, DtypeOptions, Options, UsageError, main, option
 from evaluation.answering import answer_logits
-from evaluation.modeling import DTYPES
 
 SDPA_BACKENDS = {"sdpa-math": "MATH", "sdpa-flash": "FLASH_ATTENTION", "sdpa-efficient": "EFFICIENT_ATTENTION",
                  "sdpa-cudnn": "CUDNN_ATTENTION"}
@@ -19,20 +18,16 @@ CUDA_ONLY = ("sdpa-efficient", "sdpa-cudnn")  # PyTorch's CPU build has the math
 
 
 @dataclass(frozen=True)
-class AttentionOptions(Options):
+class AttentionOptions(DtypeOptions):
     kernel: str = option("sdpa", "eager: transformers' reference attention (matmul, softmax, matmul); sdpa: "
                                  "scaled_dot_product_attention, the dispatcher picks the backend; sdpa-math, "
                                  "sdpa-flash, sdpa-efficient, sdpa-cudnn: that backend only (the last two on CUDA).",
                          choices=["eager", "sdpa", *SDPA_BACKENDS])
-    dtype_name: str = option("float32", "Model weights and activations.", choices=list(DTYPES), flag="--dtype")
 
     @property
     def variant(self) -> str:
         return f"{self.kernel}-{self.dtype_name}"
 
-    @property
-    def dtype(self) -> str:
-        return self.dtype_name
 
     def check_device(self, device):
         if self.kernel in CUDA_ONLY and device.type != "cuda":

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from evaluation import Applied, Options, UsageError, main, option
+from evaluation import Applied, DtypeOptions, Options, UsageError, main, option
 from evaluation.answering import answer_token_ids
 from evaluation.modeling import DTYPES
 from tensor_rewriting.hot_path import DEFAULT_BUCKETS, AnswerLogits, StaticForward, eager_check, score_batches, warm_up
@@ -23,7 +23,7 @@ MODES = {"eager": ["default"], "aot_eager": ["default"], "cudagraphs": ["default
 
 
 @dataclass(frozen=True)
-class CompileOptions(Options):
+class CompileOptions(DtypeOptions):
     backend: str = option("inductor", "eager/aot_eager/inductor/cudagraphs: torch.compile with that backend (eager: "
                                       "dynamo capture only, the control); tvm: torch.export -> TVM Relax -> LLVM "
                                       "(CPU) or CUDA.", choices=list(MODES))
@@ -31,7 +31,6 @@ class CompileOptions(Options):
                                   "pipeline; see tensor_rewriting/README.md for what it costs on a CPU) or ansor "
                                   "(= meta-schedule, MetaSchedule auto-tuning); the other backends: default.",
                        choices=sorted({m for ms in MODES.values() for m in ms}))
-    dtype_name: str = option("float32", "Model weights and activations.", choices=list(DTYPES), flag="--dtype")
     buckets: str = option(",".join(map(str, DEFAULT_BUCKETS)),
                           "Comma-separated sequence lengths each batch is padded up to (one compilation each).")
     check_batches: int = option(2, "Batches (from the longest) also run in plain eager PyTorch to check the "
@@ -67,9 +66,6 @@ class CompileOptions(Options):
     def variant(self) -> str:
         return f"{self.backend}-{self.mode}-{self.dtype_name}"
 
-    @property
-    def dtype(self) -> str:
-        return self.dtype_name
 
     def check_device(self, device):
         if self.backend == "cudagraphs" and device.type != "cuda":

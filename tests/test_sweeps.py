@@ -40,7 +40,8 @@ def options_class(script: str):
     import importlib
 
     module = importlib.import_module(MODULES[script])
-    return next(v for v in vars(module).values() if isinstance(v, type) and issubclass(v, Options) and v is not Options)
+    return next(v for v in vars(module).values()
+                if isinstance(v, type) and issubclass(v, Options) and v.__module__ == module.__name__)
 
 
 def parse(script: str, argv: list[str]):
