@@ -28,13 +28,17 @@ class AnswerLogits(torch.nn.Module):
     def __init__(self, model, answer_ids: torch.Tensor):
         super().__init__()
         self.model = model
-        self.answer_ids = answer_ids.tolist()  # python ints: constant indices in the traced graph
+        # the LM head's three answer rows only: the full head is a [B, H] x [H, 57,726] matmul for 3 used columns
+        # (about 1% of a BioGPT forward), and indexing its output makes TVM warn at every build
+        self.register_buffer("answer_head", model.output_projection.weight.detach()[answer_ids].clone(),
+                             persistent=False)
 
     def forward(self, input_ids, attention_mask, position_ids, last_index):
         hidden = self.model.biogpt(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                    use_cache=False).last_hidden_state
-        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
-        return self.model.output_projection(last)[:, self.answer_ids].float()
+        # gather, not advanced indexing: TVM imports indexing as take(mode="fast"), which warns at every build
+        last = hidden.gather(1, last_index[:, None, None].expand(-1, 1, hidden.shape[-1])).squeeze(1)
+        return torch.nn.functional.linear(last, self.answer_head).float()
 
 
 def pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:

@@ -5,6 +5,7 @@ Weights stay Relax function inputs and are handed over from PyTorch by DLPack (n
 from __future__ import annotations
 
 import ctypes
+import contextlib
 import functools
 import glob
 import inspect
@@ -185,7 +186,14 @@ def layer_norm_in_float32(node, importer):
     return emit(relax.op.astype(out, "bfloat16"))
 
 
-CONVERTERS = {"layer_norm.default": layer_norm_in_float32, "native_layer_norm.default": layer_norm_in_float32,
+def embedding_clipped(node, importer):
+    """An embedding lookup as take(mode="clip"). The frontend's take(mode="fast") makes TVM print a warning for every
+    lookup at every build; check_indices refuses out-of-range ids before any call, so clipping changes nothing."""
+    weight, indices = (importer.env[a] for a in node.args[:2])
+    return importer.block_builder.emit(relax.op.take(weight, indices, axis=0, mode="clip"))
+
+
+CONVERTERS = {"embedding.default": embedding_clipped, "layer_norm.default": layer_norm_in_float32, "native_layer_norm.default": layer_norm_in_float32,
               "addmm.default": addmm_rounded_once, "mm.default": matmul_rounded_once,
               "bmm.default": matmul_rounded_once, "matmul.default": matmul_rounded_once}
 
@@ -292,6 +300,21 @@ def has_record(database: ms.Database, task) -> bool:
     return bool(best) and bool(best[0].run_secs) and float(best[0].run_secs[0]) < 1e9
 
 
+@contextlib.contextmanager
+def interrupt_leaves_no_empty_database(work_dir: str):
+    """Ctrl-C during tuning: remove the database files MetaSchedule created but never wrote a record to (an empty
+    file would read as a broken database next time), keep the records tuned so far, and say so."""
+    before = set(os.listdir(work_dir))
+    try:
+        yield
+    except KeyboardInterrupt:
+        for name in set(os.listdir(work_dir)) - before:
+            path = os.path.join(work_dir, name)
+            if os.path.isfile(path) and os.path.getsize(path) == 0:
+                os.remove(path)
+        raise KeyboardInterrupt(f"tuning stopped; records tuned so far kept in {work_dir}") from None
+
+
 def tune(mod: tvm.IRModule, target: tvm.target.Target, trials: int, work_dir: str, ops: list[str] | None):
     """MetaSchedule over the fused kernels (those named like `ops`, all when None) that work_dir's database
     has no record for; then every kernel the database knows is applied. (module, task counts)."""
@@ -310,12 +333,13 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, trials: int, work_dir: st
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(todo, work_dir, strategy=search,
                                                                                   seed=0)
         cpu = target.kind.name == "llvm"  # on a GPU box, MetaSchedule's own process-pool builder and runner
-        ms.tune.tune_tasks(
-            tasks=contexts, task_weights=weights, work_dir=work_dir, database=database,
-            max_trials_global=trials, max_trials_per_task=max(1, trials // len(todo)),
-            num_trials_per_iter=min(64, max(1, trials // len(todo))),
-            builder=InProcessBuilder() if cpu else "local", runner=InProcessRunner() if cpu else "local",
-            cost_model="xgb" if search == "evolutionary" else "random")
+        with interrupt_leaves_no_empty_database(work_dir):
+            ms.tune.tune_tasks(
+                tasks=contexts, task_weights=weights, work_dir=work_dir, database=database,
+                max_trials_global=trials, max_trials_per_task=max(1, trials // len(todo)),
+                num_trials_per_iter=min(64, max(1, trials // len(todo))),
+                builder=InProcessBuilder() if cpu else "local", runner=InProcessRunner() if cpu else "local",
+                cost_model="xgb" if search == "evolutionary" else "random")
     with target, database, tvm.transform.PassContext(opt_level=3):
         mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
     return mod, {"tasks": len(tasks), "tasks_tuned": len(todo), "tasks_from_database": len(tasks) - len(todo)}

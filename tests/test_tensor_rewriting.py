@@ -34,6 +34,7 @@ def test_compiled_matches_eager_without_recompiling(base_args, backend):
     # 6 questions in batches of 4 and 2, one bucket: one compiled shape serves both batches and every pass.
     proc = run_script(base_args, "--backend", backend, "--buckets", "1024", "--min-passes", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Fast mode segfaults" not in proc.stderr  # TVM's take(mode="fast") warning: lookups are clipped instead
     r = results(base_args)
     m, t = r["metrics"], r["technique"]
     check = t["eager_check"]

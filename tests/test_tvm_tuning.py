@@ -47,3 +47,14 @@ def test_default_budget_tunes_with_evolutionary_search_and_xgboost(tmp_path, mon
     assert trained == [64]
     records = (tmp_path / "database_tuning_record.json").read_text().splitlines()
     assert len(records) == 64
+
+
+def test_interrupted_tuning_leaves_no_empty_database_files(tmp_path):
+    tvm_backend = pytest.importorskip("tensor_rewriting.tvm_backend")
+    (tmp_path / "kept.json").write_text("{}\n")
+    with pytest.raises(KeyboardInterrupt, match="records tuned so far kept"):
+        with tvm_backend.interrupt_leaves_no_empty_database(str(tmp_path)):
+            (tmp_path / "database_workload.json").touch()       # created, never written
+            (tmp_path / "database_tuning_record.json").write_text('["a record"]\n')
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["database_tuning_record.json", "kept.json"]
