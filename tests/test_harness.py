@@ -84,13 +84,13 @@ def test_batched_equals_unbatched(tiny, data_dir, decode):
 
 def test_padding_does_not_change_logits_against_a_plain_forward(tiny, data_dir):
     """The batched last-position logits equal a plain single-sequence HF forward's last logits."""
-    from evaluation.answering import ANSWER_PREFIX, answer_token_ids, encode_prompt
+    from evaluation.answering import ANSWER_PREFIX, answer_token_ids, encode_prompt, prompt_ids
 
     model, tok = tiny
     questions = load_test_questions(data_dir, 3)
     _, rows, _ = evaluate(model, tok, questions, RunConfig(model="tiny-random", batch_size=3, wandb="disabled"))
     for q, row in zip(questions, rows):
-        ids, _ = encode_prompt(tok, q, ANSWER_PREFIX, 2048)
+        ids, _ = encode_prompt(tok, q, ANSWER_PREFIX, 2048, prompt_ids(tok, model))  # the run's learned prompt
         with torch.no_grad():
             ref = model(torch.tensor([ids])).logits[0, -1, answer_token_ids(tok)]
         torch.testing.assert_close(torch.tensor([row["logit_yes"], row["logit_no"], row["logit_maybe"]]), ref,

@@ -127,8 +127,9 @@ def test_script_records_sparsity_and_finetuning(base_args, tmp_path):
     m = results["technique"]
     assert abs(m["sparsity_by_type"]["fc1"] - 0.3) <= 0.01 and m["sparse_kernels"] is False
     assert m["finetune_test_pmids_seen"] == 0 and len(m["finetune_history"]) == 2
-    # dense tiny-random: 3,925,184; minus 77 of 256 neurons (fc1 rows + bias, fc2 columns) in each of 2 layers
-    assert results["model"]["parameters"] == 3_925_184 - 2 * (77 * 64 * 2 + 77)
+    # dense tiny-random: 3,925,760 (57,726 embedding rows x 64 + the rest); minus 77 of 256 neurons (fc1 rows +
+    # bias, fc2 columns) in each of 2 layers
+    assert results["model"]["parameters"] == 3_925_760 - 2 * (77 * 64 * 2 + 77)
     assert (tmp_path / "saved" / "model.safetensors").is_file()
 
 
