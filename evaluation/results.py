@@ -52,7 +52,7 @@ def environment(device: torch.device) -> dict:
            "device_name": cpu_name(), "driver": None,
            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "git_commit": git_commit(),
-           "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+           "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "packages": package_versions()}
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
         env["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
@@ -64,6 +64,19 @@ def environment(device: torch.device) -> dict:
         except Exception as e:
             env["driver"] = f"unknown ({type(e).__name__})"
     return env
+
+
+def package_versions() -> dict:
+    """The versions of the libraries a technique's kernels come from (None: not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torchao", "bitsandbytes", "apache-tvm", "accelerate"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def cpu_name() -> str:

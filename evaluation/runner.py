@@ -113,12 +113,11 @@ def evaluate_and_log(cfg: RunConfig, model, tokenizer, questions, run_dir: Path,
     if cfg.reference:
         metrics["fidelity"], metrics["comparison"] = compare_with_reference(
             cfg.reference, rows, metrics["pass_wall_s_samples"], random, env["device_name"])
-    params, nbytes = parameter_count(model), footprint_bytes(model)
+    params, nbytes, learned = parameter_count(model), footprint_bytes(model), prompt_ids(tokenizer, model, cfg.prompt)
     results = {
         "config": cfg.to_dict(),
         "run": {"run_name": run_dir.name, "device": str(model_device(model)), "weights": weights_kind(model),
-                "prompt_form": prompt_form(prompt_ids(tokenizer, model, cfg.prompt)),
-                "prompt_ids": prompt_ids(tokenizer, model, cfg.prompt), "questions": len(questions)},
+                "prompt_form": prompt_form(learned), "prompt_ids": learned, "questions": len(questions)},
         "environment": env,
         "model": {"parameters": params, "footprint_bytes": nbytes, "bytes_per_parameter": nbytes / params,
                   "cuda_allocated_bytes": cuda_allocated, "weights": weights_kind(model)},
