@@ -35,6 +35,7 @@ ATTENTION = "tensor_rewriting/attention_experiments.py"
 CUDA_ONLY = "cuda"
 FP8_GPU = "cuda-sm89"
 CPU_ONLY = "cpu"
+BF16_UNITS = "bf16-units"  # a GPU, or a CPU with AVX-512 BF16 or AMX (device kind "cpu-bf16")
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class Variant:
     name: str                  # its run directory
     script: str                # relative to the repo root
     flags: tuple[str, ...] = ()
-    needs: str | None = None   # CUDA_ONLY, FP8_GPU or CPU_ONLY: known broken elsewhere, for `reason`
+    needs: str | None = None   # CUDA_ONLY, FP8_GPU, CPU_ONLY or BF16_UNITS: broken or hopeless elsewhere
     reason: str = ""
 
     @property
@@ -50,16 +51,22 @@ class Variant:
         return self.script.split("/")[0]
 
     def skip_reason(self, device: str) -> str | None:
-        """Why this variant is not run on `device` ("cpu", "cuda" or "cuda-sm89"), or None."""
-        if (self.needs == CUDA_ONLY and device == "cpu" or self.needs == FP8_GPU and device != FP8_GPU
-                or self.needs == CPU_ONLY and device != "cpu"):
+        """Why this variant is not run on `device` ("cpu", "cpu-bf16", "cuda" or "cuda-sm89"), or None."""
+        cpu = device.startswith("cpu")
+        if (self.needs == CUDA_ONLY and cpu or self.needs == FP8_GPU and device != FP8_GPU
+                or self.needs == CPU_ONLY and not cpu or self.needs == BF16_UNITS and device == "cpu"):
             return f"{self.reason}; this run is on {device}"
         return None
 
 
+NO_BF16 = ("bf16 matmuls need a GPU or a CPU with AVX-512 BF16 or AMX; without them PyTorch's bf16 GEMM is a "
+           "fallback about 100x slower than fp32 (python -m evaluation.roofline measures both), hours per pass; "
+           "run the script itself to measure it anyway")
+
+
 def _variants() -> list[Variant]:
     v = [Variant("baseline", "baseline/baseline.py")]
-    v += [Variant(f"precision-{p}", PRECISION, ("--precision", p))
+    v += [Variant(f"precision-{p}", PRECISION, ("--precision", p), *((BF16_UNITS, NO_BF16) if p == "bfloat16" else ()))
           for p in ("float32", "float16", "bfloat16", "int8", "int4", "float4")]
     v.append(Variant("precision-fp8", PRECISION, ("--precision", "fp8"), FP8_GPU,
                      "fp8 matmuls need a CUDA GPU with compute capability >= 8.9 (Ada/Hopper)"))
@@ -83,7 +90,7 @@ def _variants() -> list[Variant]:
         v.append(Variant(f"tensor-{backend}-{mode}", COMPILE, ("--backend", backend, "--mode", mode),
                          CUDA_ONLY if cuda else None, "CUDA graphs exist on CUDA only" if cuda else ""))
     v.append(Variant("tensor-inductor-default-bfloat16", COMPILE,
-                     ("--backend", "inductor", "--mode", "default", "--dtype", "bfloat16")))
+                     ("--backend", "inductor", "--mode", "default", "--dtype", "bfloat16"), BF16_UNITS, NO_BF16))
     v += [Variant(f"attention-{k}", ATTENTION, ("--kernel", k), CUDA_ONLY if k in ("sdpa-efficient", "sdpa-cudnn")
                   else None, "PyTorch's CPU build has the math and flash SDPA kernels only")
           for k in ("eager", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn")]
@@ -107,15 +114,16 @@ def select(techniques: list[str] | None, only: str | None, suite: str | None = N
 
 
 def device_kind(common: list[str]) -> str:
-    """Where the scripts will run: their own --device, else CUDA when present; fp8-capable GPUs apart."""
-    asked = next((common[i + 1] for i, a in enumerate(common[:-1]) if a == "--device"),
-                 next((a.split("=", 1)[1] for a in common if a.startswith("--device=")), "auto"))
-    if asked == "cpu":
-        return "cpu"
+    """Where the scripts will run: their own --device, else CUDA when present; fp8-capable GPUs and CPUs with
+    bf16 matmul units apart."""
     import torch
 
-    if not torch.cuda.is_available():
-        return "cpu"
+    from .results import native_bf16_matmul
+
+    asked = next((common[i + 1] for i, a in enumerate(common[:-1]) if a == "--device"),
+                 next((a.split("=", 1)[1] for a in common if a.startswith("--device=")), "auto"))
+    if asked == "cpu" or not torch.cuda.is_available():
+        return "cpu-bf16" if native_bf16_matmul() else "cpu"
     return FP8_GPU if torch.cuda.get_device_capability() >= (8, 9) else "cuda"
 
 
@@ -211,6 +219,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default=None, help="Run only the variants whose name matches this regular expression.")
     p.add_argument("--suite", choices=sorted(SUITES), default=None,
                    help="Run a named set of variants: cpu is the CPU benchmark the README's main table comes from.")
+    p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
+                   help="Run the variants once per model (each is --model for every script), each model's runs in "
+                        "OUT/MODEL; one report and table over all.")
     p.add_argument("--threads", type=int, default=None,
                    help="Pin every run to this many threads (OMP_NUM_THREADS), so runs compare on equal terms.")
     p.add_argument("--resume", action="store_true", help="Keep every run that already has a results.json in OUT.")
@@ -226,7 +237,8 @@ def main(argv=None):
     if args.write_sweeps:
         print("\n".join(f"wrote {p}" for p in write_sweeps()))
         return
-    clash = [a for a in common if a.split("=")[0] in ("--output-dir", "--run-name", "--reference")]
+    clash = [a for a in common if a.split("=")[0] in ("--output-dir", "--run-name", "--reference")
+             + (("--model",) if args.models else ())]
     if clash:
         raise UsageError(f"{', '.join(clash)}: the matrix sets these itself (results go to --out)")
     variants = select(args.technique, args.only, args.suite)
@@ -236,12 +248,14 @@ def main(argv=None):
         return
     out = Path(args.out or f"results/matrix-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
-        outcomes = run_matrix(variants, out, common, args.resume, args.threads)
+        outcomes = [o for model in args.models or [None] for o in run_matrix(
+            variants, out / model if model else out, common + (["--model", model] if model else []), args.resume,
+            args.threads)]
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"finished runs kept in {out}; rerun with --resume to go on") from None
     from .report import build_report
 
-    report = build_report([out], out)
+    report = build_report([out], out, command=shlex.join(["python", "-m", "evaluation.matrix", *argv]))
     failed = [o for o in outcomes if o["status"] == "failed"]
     print(f"\nmatrix: {sum(o['status'] in ('ok', 'kept') for o in outcomes)} run(s) ok, {len(failed)} failed, "
           f"{sum(o['status'] == 'skipped' for o in outcomes)} skipped as known broken; report: {report['report']}")

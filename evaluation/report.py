@@ -138,6 +138,8 @@ def row_from_results(run_dir: Path, results: dict) -> dict:
         "mem_mib": mem, "mem_source": mem_source,
         "energy_j_per_q": energy, "energy_note": energy_note,
         "footprint_bytes": model.get("footprint_bytes"), "setup_s": m.get("setup_s"),
+        "padding_fraction": m.get("padding_fraction"), "tokens_per_s": m.get("tokens_per_s"),
+        "threads": env.get("torch_threads"), "cpu_isa": env.get("cpu_isa"), "torch": env.get("torch"),
         "roofline_pct": roofline_percent(m),
         "pass_s_median_value": first(m.get("pass_wall_s_median"),
                                      statistics.median(samples) if samples else None),
@@ -589,8 +591,59 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_report(roots: list[Path], out: Path) -> dict:
-    """Collect, group, plot and write report.md + report.json; returns what was written."""
+def isa_text(isa: dict | None) -> str:
+    """'AVX2; no AVX-512 BF16, VNNI, AMX' from environment.cpu_isa (the flags CPU speed depends on)."""
+    if not isa:
+        return "ISA not recorded"
+    names = {"avx512_bf16": "AVX-512 BF16", "vnni": "VNNI", "amx_tile": "AMX"}
+    has = [v for k, v in names.items() if isa.get(k)]
+    lacks = [v for k, v in names.items() if not isa.get(k)]
+    return f"{isa.get('capability')}" + (f", {', '.join(has)}" if has else "") + (
+        f"; no {', '.join(lacks)}" if lacks else "")
+
+
+def benchmark_table(rows: list[dict], failed: list[dict]) -> str:
+    """The README's results table: per group (device, model, questions) its machine line, then one row per run —
+    median pass with its range, speed-up with its interval against the group's baseline, agreement / mean KL against
+    it, footprint, % of the measured matmul peak, setup (load excluded: compile, tuning, quantization), padding and
+    real tokens/s — and the variants not run, with why. Call after assign_groups."""
+    parts = []
+    for group in sorted({r["group"] for r in rows}):
+        members = [r for r in rows if r["group"] == group]
+        first_row = members[0]
+        random = first_row["weights"] == "random"
+        parts.append(f"**{first_row['model']}** ({'weights: random, accuracy meaningless' if random else 'real weights'}), "
+                     f"{first_row['n']} questions — {first_row['device_type']}: {first_row['device_name']} "
+                     f"({isa_text(first_row['cpu_isa']) if first_row['device_type'] == 'cpu' else 'GPU'}), "
+                     f"{first_row['threads']} threads, torch {first_row['torch']}, {(first_row['date'] or '?')[:10]}\n")
+        body = []
+        for r in members:
+            passes = r["_pass_s"] or []
+            spread = f" ({min(passes):.1f}–{max(passes):.1f})" if len(passes) > 1 else ""
+            agree = "ref" if r["is_group_baseline"] else (
+                "—" if r["agreement"] is None else f"{r['agreement']:.0f} / {fmt_small(r['mean_kl'])}")
+            body.append([f"{r['technique']} {r['variant']}", f"{r['dtype']}",
+                         (f"{r['pass_s_median_value']:.1f}{spread}" if r["pass_s_median_value"] is not None else "—")
+                         + f" ×{len(passes)}", speedup_cell(r, False), agree,
+                         fmt(r["footprint_bytes"] / 2**20 if r["footprint_bytes"] is not None else None, 0),
+                         fmt(r["roofline_pct"], 0), fmt(r["setup_s"], 0),
+                         fmt(100 * r["padding_fraction"] if r["padding_fraction"] is not None else None, 1),
+                         fmt(r["tokens_per_s"], 0)])
+        parts.append(md_table(["run", "dtype", "pass s, median (min–max) ×passes", "speed-up [95% CI]",
+                               "agreement % / mean KL", "footprint MiB", "% of peak", "setup s", "padding %",
+                               "real tokens/s"], body) + "\n")
+    if failed:
+        lines = dict.fromkeys(  # one line per variant and reason, however many models it was skipped for
+            f"- `{f['run']}`: " + (f"skipped — {f.get('reason')}" if f.get("skipped")
+                                   else f"failed (exit {f.get('returncode')}) — {last_line(f.get('stderr_tail'))}")
+            for f in failed)
+        parts.append("Not in the table:\n\n" + "\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+def build_report(roots: list[Path], out: Path, command: str | None = None) -> dict:
+    """Collect, group, plot and write report.md, report.json and table.md (headed by the command that made the
+    runs, when given); returns what was written."""
     for root in roots:
         if not root.is_dir():
             raise UsageError(f"results directory not found: {root}")
@@ -601,6 +654,7 @@ def build_report(roots: list[Path], out: Path) -> dict:
     plots, plot_info = make_plots(rows, groups, out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(markdown(rows, groups, failed, plots, out, plot_info))
+    (out / "table.md").write_text((f"Made by `{command}`\n\n" if command else "") + benchmark_table(rows, failed))
     (out / "report.json").write_text(json.dumps({"groups": groups, "runs": [public(r) for r in rows],
                                                  "failed": failed, "plots": plot_info}, indent=2) + "\n")
     return {"rows": rows, "groups": groups, "failed": failed, "plots": plots, "plot_info": plot_info,

@@ -50,7 +50,7 @@ def environment(device: torch.device) -> dict:
     env = {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
            "transformers": transformers.__version__, "cuda": torch.version.cuda, "device_type": device.type,
            "device_name": cpu_name(), "driver": None,
-           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu_isa": cpu_isa(),
            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "git_commit": git_commit(),
            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "packages": package_versions()}
     if device.type == "cuda":
@@ -77,6 +77,20 @@ def package_versions() -> dict:
         except PackageNotFoundError:
             out[name] = None
     return out
+
+
+def cpu_isa() -> dict:
+    """The instruction sets CPU speed depends on (what torch dispatches to, and the 16-bit/int8 matmul units): the
+    same technique ranks differently on an AVX2-only CPU and on one with AVX-512 BF16/VNNI or AMX."""
+    flags = {name: bool(getattr(torch.cpu, f"_is_{name}_supported", lambda: None)())
+             for name in ("avx2", "avx512", "avx512_bf16", "vnni", "amx_tile", "amx_fp16")}
+    return {"capability": torch.backends.cpu.get_cpu_capability(), **flags}
+
+
+def native_bf16_matmul() -> bool:
+    """Whether this CPU has bf16 matmul instructions; without them PyTorch's bf16 GEMM is a slow fallback."""
+    isa = cpu_isa()
+    return isa["avx512_bf16"] or isa["amx_tile"]
 
 
 def cpu_name() -> str:

@@ -26,14 +26,19 @@ def machine_key(device: torch.device, dtype: torch.dtype) -> str:
 def measure_peak_tflops(device: torch.device, dtype: torch.dtype, min_s: float = 0.5) -> float:
     """Best TFLOP/s of a square torch.mm over repeated calls after a warm-up (the best call, not the mean: a peak)."""
     n = SIDE[device.type]
-    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    if dtype == torch.int8:  # int8 x int8 -> int32, the GEMM of dynamic int8 quantization
+        a, b = (torch.randint(-128, 128, (n, n), dtype=dtype, device=device) for _ in range(2))
+        mm = torch._int_mm
+    else:
+        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+        mm = torch.mm
     best, start = float("inf"), time.perf_counter()
-    torch.mm(a, b)  # warm-up: kernel selection, first-touch allocation
+    mm(a, b)  # warm-up: kernel selection, first-touch allocation
     while time.perf_counter() - start < min_s or best == float("inf"):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        torch.mm(a, b)
+        mm(a, b)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - t0)
@@ -67,3 +72,17 @@ def roofline(achieved_tflops: float, device: torch.device, dtype: torch.dtype) -
     peak = matmul_peak_tflops(device, dtype, at_least=achieved_tflops)
     return {"matmul_peak_tflops": peak["tflops"], "matmul_peak_source": peak["source"],
             "roofline_fraction": achieved_tflops / peak["tflops"] if peak["tflops"] else None}
+
+
+if __name__ == "__main__":  # the peaks of this machine, e.g. to see why a dtype is slow on this CPU
+    from .results import cpu_isa, cpu_name
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{cpu_name()} {cpu_isa()}"
+    print(f"{name}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    for dt in (torch.float32, torch.bfloat16, torch.float16, torch.int8):
+        try:
+            print(f"  {str(dt):15s} {measure_peak_tflops(dev, dt) * 1e3:10.1f} GFLOP/s (int8: GOP/s) "
+                  f"({SIDE[dev.type]}^3 {'torch._int_mm' if dt == torch.int8 else 'torch.mm'}, best call)")
+        except RuntimeError as e:
+            print(f"  {str(dt):15s} not measured: {str(e).splitlines()[0]}")

@@ -251,6 +251,8 @@ run_dir = Path(opt("--output-dir")) / opt("--run-name")
 run_dir.mkdir(parents=True, exist_ok=True)
 r = json.loads(Path(os.environ["STUB_TEMPLATE"]).read_text())
 r["config"].update(technique=Path(sys.argv[0]).parent.name, variant=opt("--run-name"))
+if "--model" in argv:
+    r["config"]["model"] = opt("--model")
 (run_dir / "results.json").write_text(json.dumps(r))
 '''
 
@@ -291,6 +293,40 @@ def test_matrix_order_reference_failures_and_report(tmp_path, monkeypatch, capsy
     md = (out / "report.md").read_text()
     assert "`precision-float16`" in md and "skipped (known broken)" in md
     assert (out / "plots" / "quality_vs_latency.png").is_file()
+
+
+def test_matrix_over_two_models_writes_one_table(tmp_path, monkeypatch, capsys):
+    """--models: the variants once per model, each model's runs (and baseline reference) in OUT/MODEL; one
+    table.md over both, headed by the command, a section per model, and the skipped variants once with why."""
+    from evaluation import matrix
+
+    tree = tmp_path / "tree"
+    for script in {v.script for v in matrix.VARIANTS}:
+        (tree / script).parent.mkdir(parents=True, exist_ok=True)
+        (tree / script).write_text(STUB)
+    template = tmp_path / "template.json"
+    template.write_text(json.dumps(TEMPLATE))
+    calls, out = tmp_path / "calls.jsonl", tmp_path / "out"
+    monkeypatch.setattr(matrix, "ROOT", tree)
+    monkeypatch.setenv("STUB_CALLS", str(calls))
+    monkeypatch.setenv("STUB_TEMPLATE", str(template))
+    monkeypatch.setattr(matrix, "device_kind", lambda common: "cpu")  # a CPU without bf16 units
+    argv = ["--out", str(out), "--suite", "cpu", "--only", "int8$|bfloat16", "--models", "m-small", "m-large",
+            "--", "--limit", "20", "--wandb", "disabled"]
+    matrix.main(argv)
+    invoked = [json.loads(x) for x in calls.read_text().splitlines()]
+    assert [(c[c.index("--model") + 1], c[c.index("--run-name") + 1]) for c in invoked] == [
+        ("m-small", "baseline"), ("m-small", "quantization-dynamic-int8"),
+        ("m-large", "baseline"), ("m-large", "quantization-dynamic-int8")]
+    assert invoked[3][invoked[3].index("--reference") + 1] == str(out / "m-large" / "baseline")
+    table = (out / "table.md").read_text()
+    assert table.startswith("Made by `python -m evaluation.matrix --out")
+    assert "**m-small**" in table and "**m-large**" in table and table.count("| quantization ") == 2
+    assert table.count("`precision-bfloat16`: skipped — bf16 matmuls need a GPU or a CPU with AVX-512 BF16") == 1
+    with pytest.raises(SystemExit):  # --model too would be ambiguous
+        from evaluation.config import run_main
+
+        run_main(lambda: matrix.main(["--models", "a", "--", "--model", "b"]))
 
 
 def test_matrix_refuses_options_it_sets(capsys):

@@ -100,6 +100,25 @@ def test_known_broken_variants_are_skipped_with_their_reason():
     assert by_name["tensor-cudagraphs-default"].skip_reason("cuda") is None
     assert by_name["quantization-dynamic-int8-torchao"].skip_reason("cuda")
     assert by_name["baseline"].skip_reason("cpu") is None
+    # bf16 on a CPU without bf16 matmul units: hours per pass, skipped; with them (or on a GPU) run
+    for name in ("precision-bfloat16", "tensor-inductor-default-bfloat16"):
+        assert "AVX-512 BF16 or AMX" in by_name[name].skip_reason("cpu")
+        assert all(by_name[name].skip_reason(d) is None for d in ("cpu-bf16", "cuda", "cuda-sm89"))
+    assert by_name["quantization-dynamic-int8-torchao"].skip_reason("cpu-bf16") is None
+    assert by_name["tensor-cudagraphs-default"].skip_reason("cpu-bf16")
+
+
+def test_device_kind_names_a_cpu_with_bf16_units(monkeypatch):
+    import torch
+
+    import evaluation.results as results
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    monkeypatch.setattr(results, "native_bf16_matmul", lambda: True)
+    assert matrix.device_kind(["--device", "cpu"]) == "cpu-bf16"
+    monkeypatch.setattr(results, "native_bf16_matmul", lambda: False)
+    assert matrix.device_kind([]) == "cpu"
 
 
 def test_expander_splits_combined_flags():
