@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -26,7 +27,14 @@ def machine_key(device: torch.device, dtype: torch.dtype) -> str:
 def measure_peak_tflops(device: torch.device, dtype: torch.dtype, min_s: float = 0.5) -> float:
     """Best TFLOP/s of a square torch.mm over repeated calls after a warm-up (the best call, not the mean: a peak)."""
     n = SIDE[device.type]
-    if dtype == torch.int8:  # int8 x int8 -> int32, the GEMM of dynamic int8 quantization
+    if dtype == torch.int8 and device.type == "cpu":  # fbgemm/oneDNN's u8 x s8 GEMM: torch.ao's dynamic int8
+        with warnings.catch_warnings():  # torch.ao's quantized tensors are deprecated; they are what it runs
+            warnings.simplefilter("ignore")
+            w = torch.ops.quantized.linear_prepack(torch.quantize_per_tensor(torch.randn(n, n), 0.1, 0, torch.qint8),
+                                                   None)
+            a, b = torch.quantize_per_tensor(torch.randn(n, n), 0.1, 128, torch.quint8), w
+        mm = lambda x, packed: torch.ops.quantized.linear(x, packed, 1.0, 0)  # noqa: E731
+    elif dtype == torch.int8:  # int8 x int8 -> int32 (cuBLAS)
         a, b = (torch.randint(-128, 128, (n, n), dtype=dtype, device=device) for _ in range(2))
         mm = torch._int_mm
     else:
@@ -82,7 +90,8 @@ if __name__ == "__main__":  # the peaks of this machine, e.g. to see why a dtype
     print(f"{name}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     for dt in (torch.float32, torch.bfloat16, torch.float16, torch.int8):
         try:
-            print(f"  {str(dt):15s} {measure_peak_tflops(dev, dt) * 1e3:10.1f} GFLOP/s (int8: GOP/s) "
-                  f"({SIDE[dev.type]}^3 {'torch._int_mm' if dt == torch.int8 else 'torch.mm'}, best call)")
+            op = "torch.mm" if dt != torch.int8 else "quantized.linear" if dev.type == "cpu" else "torch._int_mm"
+            print(f"  {str(dt):15s} {measure_peak_tflops(dev, dt) * 1e3:8.1f} G{'OP' if dt == torch.int8 else 'FLOP'}/s"
+                  f"  ({SIDE[dev.type]}^3 {op}, the best call)")
         except RuntimeError as e:
             print(f"  {str(dt):15s} not measured: {str(e).splitlines()[0]}")

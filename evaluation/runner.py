@@ -20,7 +20,6 @@ from .config import Options, RunConfig, parse_config, run_main
 from .data import LABELS, load_test_questions
 from .harness import evaluate
 from .metrics import fidelity
-from .roofline import roofline
 from .modeling import (DTYPES, check_attention, footprint_bytes, load_model, model_device, parameter_count, resolve_device,
                        weights_kind)
 from .results import (check_output_dir, check_reference, check_reference_questions, environment, read_per_question,
@@ -105,6 +104,8 @@ def evaluate_and_log(cfg: RunConfig, model, tokenizer, questions, run_dir: Path,
     metrics, rows, history = evaluate(model, tokenizer, questions, cfg, applied.forward or answer_logits,
                                       applied.buckets)
     metrics.update(load_s=load_s, setup_s=setup_s)
+    from .roofline import roofline  # here, not at import: `python -m evaluation.roofline` runs it as __main__
+
     metrics.update(roofline(metrics["achieved_tflops"], device, DTYPES[cfg.dtype]))
     random = weights_kind(model) == "random"
     metrics["stats"] = run_stats([r["gold"] for r in rows], [r["prediction"] for r in rows],

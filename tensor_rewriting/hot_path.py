@@ -47,15 +47,16 @@ def pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 class StaticForward:
-    """The harness's forward(model, batch, answer_ids) over a compiled fn of static [batch_size, bucket] shapes."""
+    """The harness's forward(model, batch, answer_ids) over a compiled fn: of static [batch_size, bucket] shapes
+    (short batches padded up to batch_size rows), or of any shape when batch_size is None (dynamic shapes)."""
 
-    def __init__(self, fn, batch_size: int):
+    def __init__(self, fn, batch_size: int | None):
         self.fn, self.batch_size = fn, batch_size
         self.after_call = None  # e.g. a hook that records recompilations while the harness runs its passes
 
     def __call__(self, model, batch, answer_ids):
         n = len(batch.indices)
-        args = [pad_rows(t, self.batch_size) for t in
+        args = [pad_rows(t, self.batch_size or n) for t in
                 (batch.input_ids, batch.attention_mask, batch.position_ids, batch.last_index)]
         with torch.inference_mode():
             # clone: CUDA-graph backends (cudagraphs, reduce-overhead) overwrite their output buffer next call
@@ -65,8 +66,9 @@ class StaticForward:
         return out
 
 
-def score_batches(model, tokenizer, questions, batch_size: int, buckets: list[int], prompt: str = "auto"):
-    """Exactly the batches evaluation.harness builds for score decoding with these buckets."""
+def score_batches(model, tokenizer, questions, batch_size: int, buckets: list[int] | None, prompt: str = "auto"):
+    """Exactly the batches evaluation.harness builds for score decoding with these buckets (None: dynamic
+    shapes, the token-budget batches eager runs use)."""
     max_len = model.config.max_position_embeddings
     learned = prompt_ids(tokenizer, model, prompt)
     ids = [encode_prompt(tokenizer, q, ANSWER_PREFIX, max_len, learned)[0] for q in questions]
@@ -75,14 +77,15 @@ def score_batches(model, tokenizer, questions, batch_size: int, buckets: list[in
 
 
 def warm_up(forward: StaticForward, model, batches, answer_ids) -> list[tuple[int, int]]:
-    """Run one batch of each distinct shape, so every compilation happens here (setup), not in timed passes."""
+    """Run one batch of each distinct shape, so every compilation happens here (setup), not in timed passes.
+    Returns the [rows, length] shapes the compiled code was called with."""
     shapes = {}
     for b in batches:
-        shapes.setdefault(b.input_ids.shape[1], b)
+        shapes.setdefault((forward.batch_size or len(b.indices), b.input_ids.shape[1]), b)
     # a bar: untuned TVM on a CPU can spend many minutes on one large shape
     for b in tqdm(shapes.values(), desc="compile + warm-up", unit="shape"):
         forward(model, b, answer_ids)
-    return [(forward.batch_size, width) for width in sorted(shapes)]
+    return sorted(shapes)
 
 
 def eager_check(forward, model, batches, answer_ids, dtype: str) -> dict:

@@ -1,7 +1,9 @@
 """Tensor rewriting: BioGPT's answer-logits forward compiled by torch.compile backends or Apache TVM Relax.
 
-Batches are padded to bucket lengths (and the last batch to full size) so each shape compiles once, before the
-timed passes; an eager check on the same inputs must agree within the dtype's tolerance or the run exits 1.
+torch.compile backends compile once with dynamic shapes over the token-budget batches eager uses; TVM, CUDA graphs
+and reduce-overhead compile static shapes: batches padded to bucket lengths (and the last batch to full size),
+each shape once. All compiling happens before the timed passes; an eager check on the same inputs must agree
+within the dtype's tolerance or the run exits 1.
 
     python tensor_rewriting/tensor_experiments.py --backend inductor --mode default --model tiny-random \
         --tokenizer-dir ../shared/data/biogpt-large --data-dir ../shared/data/pubmedqa --limit 16
@@ -31,8 +33,14 @@ class CompileOptions(DtypeOptions):
                                   "pipeline; see tensor_rewriting/README.md for what it costs on a CPU) or ansor "
                                   "(= meta-schedule, MetaSchedule auto-tuning); the other backends: default.",
                        choices=sorted({m for ms in MODES.values() for m in ms}))
+    shapes: str = option("auto", "static: batches of --batch-size rows padded up to a bucket length, one "
+                                 "compilation per shape; dynamic: one compilation with symbolic batch and length, "
+                                 "over the token-budget batches eager uses (less padding); auto: static for tvm, "
+                                 "cudagraphs and reduce-overhead (CUDA graphs are per shape), else dynamic.",
+                         choices=["auto", "static", "dynamic"])
     buckets: str = option(",".join(map(str, DEFAULT_BUCKETS)),
-                          "Comma-separated sequence lengths each batch is padded up to (one compilation each).")
+                          "Static shapes: comma-separated sequence lengths each batch is padded up to (one "
+                          "compilation each).")
     check_batches: int = option(2, "Batches (from the longest) also run in plain eager PyTorch to check the "
                                    "compiled logits.")
     tvm_trials: int = option(64, "tvm ansor: the MetaSchedule trial budget in all.")
@@ -51,6 +59,16 @@ class CompileOptions(DtypeOptions):
         if self.check_batches < 1:
             raise UsageError(f"--check-batches must be at least 1, got {self.check_batches}")
         self.bucket_lengths  # noqa: B018  (refuses a malformed list now)
+        if self.shapes == "dynamic" and self.static_only:
+            raise UsageError(f"--shapes dynamic: {self.backend} {self.mode} compiles static shapes only")
+
+    @property
+    def static_only(self) -> bool:
+        return self.backend in ("tvm", "cudagraphs") or self.mode == "reduce-overhead"
+
+    @property
+    def dynamic(self) -> bool:
+        return self.shapes == "dynamic" or self.shapes == "auto" and not self.static_only
 
     @property
     def bucket_lengths(self) -> list[int]:
@@ -79,7 +97,8 @@ def compile_forward(module, opts, device):
         ops = None if opts.tvm_tune_ops == "all" else opts.tvm_tune_ops.split(",")
         return TVMCompiler(module, opts.mode, device, opts.tvm_trials, opts.tvm_work_dir, ops)
     from tensor_rewriting.torch_backends import TorchCompiled
-    return TorchCompiled(module, opts.backend, opts.mode, opts.bucket_lengths, device, DTYPES[opts.dtype_name])
+    return TorchCompiled(module, opts.backend, opts.mode, opts.bucket_lengths, device, DTYPES[opts.dtype_name],
+                         dynamic=opts.dynamic)
 
 
 def apply(model, tokenizer, cfg, device, questions) -> Applied:
@@ -88,12 +107,13 @@ def apply(model, tokenizer, cfg, device, questions) -> Applied:
     if cfg.decode != "score":
         raise UsageError("tensor_experiments compiles the score path; --decode generate is not supported")
     answer_ids = torch.tensor(answer_token_ids(tokenizer), device=device)
-    batches = score_batches(model, tokenizer, questions, cfg.batch_size, opts.bucket_lengths, cfg.prompt)
+    buckets = None if opts.dynamic else opts.bucket_lengths
+    batches = score_batches(model, tokenizer, questions, cfg.batch_size, buckets, cfg.prompt)
     if opts.backend == "tvm":
         from tensor_rewriting.tvm_backend import check_indices
         check_indices(batches, model.config)
     compiled = compile_forward(AnswerLogits(model, answer_ids), opts, device)
-    forward = StaticForward(compiled, min(cfg.batch_size, len(questions)))
+    forward = StaticForward(compiled, None if opts.dynamic else min(cfg.batch_size, len(questions)))
     shapes = warm_up(forward, model, batches, answer_ids)
     check = eager_check(forward, model, batches[:opts.check_batches], answer_ids, cfg.dtype)
     stats = compiled.stats()
@@ -108,8 +128,9 @@ def apply(model, tokenizer, cfg, device, questions) -> Applied:
         sys.exit(1)
     # compilations after the warm-up would have happened inside timed passes: counted once they are over
     after = lambda: {"recompilations_in_passes": compiled.stats()["compilations"] - stats["compilations"]}  # noqa: E731
-    return Applied(forward=forward, buckets=opts.bucket_lengths, after_passes=after,
-                   record={"compiled_shapes": shapes, "compile": stats, "eager_check": check})
+    return Applied(forward=forward, buckets=buckets, after_passes=after,
+                   record={"shapes": "dynamic" if opts.dynamic else "static", "compiled_shapes": shapes,
+                           "compile": stats, "eager_check": check})
 
 
 if __name__ == "__main__":

@@ -20,17 +20,18 @@ def cpu_inductor_config(dtype: torch.dtype, mode: str) -> dict:
 
 
 class TorchCompiled:
-    """torch.compile(module) with static shapes: one graph per (batch, bucket) shape, none per batch."""
+    """torch.compile(module): with static shapes one graph per (batch, bucket) shape, none per batch; with
+    dynamic=True one graph whose batch and length are symbolic (the token-budget batches eager runs use)."""
 
     def __init__(self, module: torch.nn.Module, backend: str, mode: str, buckets: list[int],
-                 device: torch.device, dtype: torch.dtype):
+                 device: torch.device, dtype: torch.dtype, dynamic: bool = False):
         torch._dynamo.reset()  # also: a same-shaped module compiled earlier would otherwise lend its graph
         counters.clear()
         # Each bucket length is one static-shape entry in dynamo's cache: let all of them stay there.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(buckets) + 2)
         options = {"mode": None if mode == "default" else mode} if backend == "inductor" else {}
         self.inductor_config = cpu_inductor_config(dtype, mode) if backend == "inductor" and device.type == "cpu" else {}
-        self.fn = torch.compile(module, backend=backend, dynamic=False, **options)
+        self.fn = torch.compile(module, backend=backend, dynamic=dynamic, **options)
 
     def __call__(self, *tensors):
         with torch._inductor.config.patch(self.inductor_config):  # compilation happens inside the first calls

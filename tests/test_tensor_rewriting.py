@@ -29,9 +29,16 @@ def test_unknown_combination_lists_valid_ones(base_args):
     assert "inductor: default|reduce-overhead|max-autotune" in proc.stderr and "tvm: default|ansor" in proc.stderr
 
 
+def test_static_only_backends_refuse_dynamic_shapes(base_args):
+    proc = run_script(base_args, "--backend", "tvm", "--shapes", "dynamic")
+    assert proc.returncode == 2 and "tvm default compiles static shapes only" in proc.stderr, proc.stderr[-2000:]
+
+
 @pytest.mark.parametrize("backend", ["inductor", "tvm"])
 def test_compiled_matches_eager_without_recompiling(base_args, backend):
-    # 6 questions in batches of 4 and 2, one bucket: one compiled shape serves both batches and every pass.
+    """TVM (static shapes): 6 questions in batches of 4 and 2, one bucket: one compiled shape serves both batches
+    (the short one padded to 4 rows, and counted so) and every pass. Inductor (dynamic shapes by default): the
+    token-budget batches eager uses, no bucket, padding under 10%, compiled before the passes only."""
     proc = run_script(base_args, "--backend", backend, "--buckets", "1024", "--min-passes", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Fast mode segfaults" not in proc.stderr  # TVM's take(mode="fast") warning: lookups are clipped instead
@@ -40,8 +47,14 @@ def test_compiled_matches_eager_without_recompiling(base_args, backend):
     check = t["eager_check"]
     assert check["passed"] and check["max_abs_logit_diff"] <= check["tolerance"] and check["agreement_pct"] == 100
     assert check["check_questions"] == 6
-    assert t["compiled_shapes"] == [[4, 1024]]
-    assert t["compile"]["compilations"] == 1
+    if backend == "tvm":
+        assert t["shapes"] == "static" and t["compiled_shapes"] == [[4, 1024]]
+        assert t["compile"]["compilations"] == 1
+        assert m["padded_tokens"] == 2 * 4 * 1024  # the 2-question batch computes 4 rows
+    else:
+        assert t["shapes"] == "dynamic" and all(length < 1024 for _, length in t["compiled_shapes"])
+        assert 1 <= t["compile"]["compilations"] <= 2  # a 1-row batch may specialise once
+        assert m["padding_fraction"] < 0.10
     assert t["recompilations_in_passes"] == 0
     assert m["timed_passes"] == 2 and m["timed_pass_agreement"] == 100
 
