@@ -34,6 +34,11 @@ from tvm.s_tir.meta_schedule.runner.local_runner import (LocalRunnerFuture, defa
 
 from evaluation import UsageError
 
+# TVM's CPU thread pool takes half the logical CPUs on x86 (it assumes 2-way hyper-threading): 1 thread on this
+# 2-core machine, against PyTorch's 2. Give it as many as PyTorch uses. TVM reads this when the pool starts, at the
+# first parallel kernel, which comes after this import.
+os.environ.setdefault("TVM_NUM_THREADS", str(torch.get_num_threads()))
+
 JSON_DATABASE_BROKEN = (f"MetaSchedule cannot write its tuning database here: tvm.ir.save_json segfaults with "
                         f"apache-tvm-ffi {tvm_ffi.__version__} under apache-tvm {tvm.__version__}; "
                         "pip install apache-tvm-ffi==0.1.14.post0 (the version TVM 0.27 works with) for --mode ansor")
