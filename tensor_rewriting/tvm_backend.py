@@ -459,9 +459,56 @@ def interrupt_leaves_no_empty_database(work_dir: str):
         raise KeyboardInterrupt(f"tuning stopped; records tuned so far kept in {work_dir}") from None
 
 
+def shape_free(mod: tvm.IRModule) -> str:
+    """A kernel's TVMScript with its integer literals blanked: the same text for one kernel at two bucket
+    lengths (and for two kernels that differ only in their sizes)."""
+    return re.sub(r"\b\d+\b", "#", mod.script())
+
+
+def transfer_records(database: ms.Database, tasks, target: tvm.target.Target) -> int:
+    """Give tasks without a record the schedule of the same kernel at another size (another bucket).
+    MetaSchedule looks records up by exact workload, shapes included, so every new bucket length was tuned from
+    scratch. The 3 fastest records of each matching kernel are replayed on the new shape in turn: a trace whose
+    tile sizes do not fit it fails to replay, and the next is tried. The first that replays is built and timed
+    here and committed, with its own time, as the new workload's record. Returns how many tasks got one."""
+    keys, measured = {}, {}
+    for record in database.get_all_tuning_records():
+        if record.run_secs and float(record.run_secs[0]) < 1e9:
+            workload = tvm_ffi.structural_hash(record.workload.mod)
+            if workload not in keys:
+                keys[workload] = shape_free(record.workload.mod)
+            measured.setdefault(keys[workload], []).append(record)
+    cpu = target.kind.name == "llvm"
+    builder = InProcessBuilder() if cpu else ms.builder.LocalBuilder()
+    runner = InProcessRunner() if cpu else ms.runner.LocalRunner()
+    transferred = 0
+    for task in tasks:
+        mod = task.dispatched[0]
+        for record in sorted(measured.get(shape_free(mod), []), key=lambda r: float(r.run_secs[0]))[:3]:
+            sch = s_tir.Schedule(mod)
+            try:
+                record.trace.apply_to_schedule(sch, remove_postproc=False)
+            except Exception:  # noqa: BLE001  a split or tile decision that does not fit this shape
+                continue
+            args = ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"])
+            (built,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
+            if built.error_msg:
+                continue
+            (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu" if cpu else "cuda", args)])
+            result = future.result()
+            if result.error_msg or not result.run_secs:
+                continue
+            database.commit_tuning_record(ms.database.TuningRecord(
+                sch.trace, database.commit_workload(mod), result.run_secs, target, args))
+            transferred += 1
+            break
+    return transferred
+
+
 def tune(mod: tvm.IRModule, target: tvm.target.Target, trials: int, work_dir: str, ops: list[str] | None):
     """MetaSchedule over the fused kernels (those named like `ops`, all when None) that work_dir's database
-    has no record for; then every kernel the database knows is applied. (module, task counts)."""
+    has no record for, after those given a record of the same kernel at another bucket length; then every
+    kernel the database knows is applied. (module, task counts)."""
     import_tensor_intrinsics()  # before TuneContext imports it the slow way
     with target:
         mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
@@ -470,7 +517,9 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, trials: int, work_dir: st
     tasks = [t for t in ms.relax_integration.extract_tasks(mod, target)
              if ops is None or any(op in t.task_name for op in ops)]
     database = ms.database.JSONDatabase(work_dir=work_dir)
-    todo = [t for t in tasks if not has_record(database, t)]
+    missing = [t for t in tasks if not has_record(database, t)]
+    transferred = transfer_records(database, missing, target) if missing else 0
+    todo = [t for t in missing if not has_record(database, t)]
     if todo:
         # A budget too small to fit a cost model on: replay random schedules rather than evolve a population.
         search = "evolutionary" if trials >= 64 else "replay-trace"
@@ -486,7 +535,8 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, trials: int, work_dir: st
                 cost_model="xgb" if search == "evolutionary" else "random")
     with target, database, tvm.transform.PassContext(opt_level=3):
         mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
-    return mod, {"tasks": len(tasks), "tasks_tuned": len(todo), "tasks_from_database": len(tasks) - len(todo)}
+    return mod, {"tasks": len(tasks), "tasks_tuned": len(todo), "tasks_from_database": len(tasks) - len(missing),
+                 "tasks_transferred": transferred}
 
 
 # Tensor-core instructions in the CUDA C that TVM generates: WMMA (what dlight's Matmul rule emits), inline-PTX
@@ -525,7 +575,7 @@ class TVMCompiler:
         self.target, self.trials, self.work_dir = tvm_target(device), trials, work_dir
         self.dev = tvm.cuda(device.index or 0) if device.type == "cuda" else tvm.cpu(0)
         self.builds, self.times = {}, {"export_s": 0.0, "tune_s": 0.0, "build_s": 0.0}
-        self.tuning = {"tasks": 0, "tasks_tuned": 0, "tasks_from_database": 0}
+        self.tuning = {"tasks": 0, "tasks_tuned": 0, "tasks_from_database": 0, "tasks_transferred": 0}
         self.kernels = {"kernels": 0, "tensor_core_kernels": 0}  # CUDA builds, all shapes together
 
     def compile(self, tensors: tuple):
