@@ -19,15 +19,25 @@ import time
 import torch
 import tvm
 import tvm_ffi
-from tvm import relax
+from tvm import relax, s_tir, tirx
 from tvm.ir.utils import derived_object
 from tvm.relax.frontend.torch import from_exported_program
+from tvm.s_tir import dlight as dl
 from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.dlight.analysis import get_root_block, normalize_prim_func
+from tvm.s_tir.dlight.base import get_extent, try_inline
+from tvm.s_tir.dlight.gpu.matmul import (auto_inline_consumer_chain, auto_inline_producers, get_index_map,
+                                         get_reduction_blocks)
 from tvm.s_tir.meta_schedule.builder.local_builder import default_export
 from tvm.s_tir.meta_schedule.runner.local_runner import (LocalRunnerFuture, default_alloc_argument,
                                                          default_run_evaluator)
 
 from evaluation import UsageError
+
+# TVM's CPU thread pool takes half the logical CPUs on x86 (it assumes 2-way hyper-threading): 1 thread on this
+# 2-core machine, against PyTorch's 2. Give it as many as PyTorch uses. TVM reads this when the pool starts, at the
+# first parallel kernel, which comes after this import.
+os.environ.setdefault("TVM_NUM_THREADS", str(torch.get_num_threads()))
 
 JSON_DATABASE_BROKEN = (f"MetaSchedule cannot write its tuning database here: tvm.ir.save_json segfaults with "
                         f"apache-tvm-ffi {tvm_ffi.__version__} under apache-tvm {tvm.__version__}; "
@@ -225,6 +235,140 @@ def check_indices(batches, config):
             raise UsageError("last-token index outside its batch")
 
 
+# CPU matmul tiling: each thread takes MATMUL_ROWS rows of the output at a time, and within them keeps a register
+# tile of TILE_ROWS rows x TILE_VECTORS SIMD vectors of accumulators (4 x 2 AVX2 registers of 8 floats: 8 of the 16,
+# leaving room for the B loads and the broadcast A value). Tried on a 6144x1024x1024 fp32 matmul on 2 Zen 3 cores:
+# 4x2 and 6x2 tiles give the same ~55-70 GFLOP/s; 4x3 or 8x2 spill or pad.
+TILE_ROWS, TILE_VECTORS, MATMUL_ROWS = 4, 2, 128
+
+
+def vector_lanes(target: tvm.target.Target, dtype: str) -> int:
+    """SIMD lanes for `dtype` on the target's CPU. From its features: TVM's llvm_get_vector_width says 512 bits
+    for every x86 CPU, AVX2-only Zen 3 included, which made register tiles spill to the stack."""
+    features = tvm.target.codegen.llvm_get_cpu_features(target)
+    bits = 512 if "avx512f" in features else 256 if "avx" in features else 128
+    return max(bits // tvm.DataType(dtype).bits, 1)
+
+
+def producer_writing(sch, block, buffer):
+    return next(p for p in sch.get_producers(block) if sch.get(p).writes[0].source.same_as(buffer))
+
+
+class CPUMatmul(dl.ScheduleRule):
+    """Matmul-like kernels (and their fused prologues/epilogues) on a CPU; dlight's CPU rules have none.
+    Normalized as dlight's GPU Matmul does, to C[S, I, J] += A[S, I, K] * B[S, K, J], then: B packed into
+    panels of one register tile's width (contiguous reads in the inner loop: without it the panel's K rows sit
+    one page apart and the kernel ran at half the speed), rows split across threads, a register tile of
+    accumulators over the whole K, the epilogue (bias, cast, residual add) applied as the tile is written."""
+
+    def apply(self, func, target, _):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        main = get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch)))
+        if main is None or get_index_map(sch.get(main[0])) is None:
+            return None
+        try:
+            return self.schedule(sch, main[0], target)
+        except tvm.s_tir.ScheduleError:  # a shape this schedule does not fit: left to the next rule
+            return None
+
+    @staticmethod
+    def schedule(sch, main, target):
+        matmul_map, a_map, b_map, c_map = get_index_map(sch.get(main))
+        s, j, k = b_map.final_indices
+        b_kj = tirx.IndexMap(b_map.initial_indices, [s, k, j], None)  # B with J innermost: vector loads
+        sch.transform_layout(sch.reindex(main, ("read", 0)), ("write", 0), a_map)
+        sch.transform_layout(sch.reindex(main, ("read", 1)), ("write", 0), b_kj)
+        sch.transform_layout(sch.reindex(main, ("write", 0)), ("read", 0), c_map)
+        sch.transform_block_layout(main, matmul_map)
+
+        lanes = vector_lanes(target, sch.get(main).writes[0].source.dtype)
+        cols = TILE_VECTORS * lanes
+        rows = int(sch.get(main).iter_vars[1].dom.extent)
+        block_rows = min(MATMUL_ROWS, -(-rows // TILE_ROWS) * TILE_ROWS)
+        # Pad I and J to whole tiles: exact loops (a split with a remainder predicate here corrupted memory)
+        sch.pad_einsum(main, [1, block_rows, cols, 1])
+
+        packed = sch.cache_read(main, 1, "global")
+        pack = lambda s, k, j: (s, j // cols, k, j % cols)  # noqa: E731
+        sch.transform_layout(packed, ("write", 0), pack)
+        sch.transform_block_layout(packed, pack)
+        auto_inline_producers(sch, packed)  # transposes, casts and padding read while packing
+        batch, panel, _, lane = sch.get_loops(packed)
+        sch.parallel(sch.fuse(batch, panel))
+        sch.vectorize(lane)
+        a_side = producer_writing(sch, main, sch.get(main).reads[0].source)
+        auto_inline_producers(sch, a_side)
+        sch.compute_inline(a_side)
+
+        batch, i, j, k = sch.get_loops(main)
+        i_block, i_tile, i_reg = sch.split(i, [None, block_rows // TILE_ROWS, TILE_ROWS])
+        j_tile, j_reg = sch.split(j, [None, cols])
+        sch.reorder(batch, i_block, j_tile, i_tile, k, i_reg, j_reg)
+        sch.parallel(sch.fuse(batch, i_block))
+        sch.unroll(i_reg)
+        sch.vectorize(j_reg)
+        tile = sch.cache_write(main, 0, "local")
+        sch.reverse_compute_at(tile, i_tile, preserve_unit_loops=True)
+        auto_inline_consumer_chain(sch, tile)
+        _, lane = sch.split(sch.get_loops(tile)[-1], [None, lanes])
+        sch.vectorize(lane)
+        sch.decompose_reduction(main, k)
+        return sch
+
+
+class CPUFallback(dl.ScheduleRule):
+    """Every other kernel: blocks inlined where they can be, then each remaining block's spatial loops fused and
+    spread over the threads, vectorized when the block is elementwise and the loop splits evenly."""
+
+    def apply(self, func, target, _):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = normalize_prim_func(sch)
+        if blocks is None:
+            return None
+        for block in try_inline(sch, blocks):
+            kinds = block.dom_kind()
+            loops = sch.get_loops(block.block_rv)
+            spatial = [loop for loop, kind in zip(loops, kinds) if kind == "S"]
+            if not spatial:
+                continue
+            sch.reorder(*spatial, *[loop for loop, kind in zip(loops, kinds) if kind != "S"])
+            fused = sch.fuse(*spatial)
+            lanes = vector_lanes(target, sch.get(block.block_rv).writes[0].source.dtype)
+            extent = get_extent(sch, fused)
+            if block.is_injective() and isinstance(extent, int) and extent % lanes == 0:
+                fused, lane = sch.split(fused, [None, lanes])
+                sch.vectorize(lane)
+            sch.parallel(fused)
+        return sch
+
+
+def cpu_pipeline(target: tvm.target.Target, fuse: bool) -> tvm.transform.Pass:
+    """tvm.compile's Relax pipeline for an LLVM target. TVM's default there (relax.pipeline's
+    default_build_pipeline) neither fuses nor schedules: every op ran as its own single-threaded loop nest, 235x
+    slower than eager. This is relax.backend.cpu_generic's pipeline (legalize, fuse) with dlight's CPU rules
+    and the two above in between, as relax.backend.cuda does with dlight's GPU rules. Transposes feeding a
+    matmul are fused into it first. fuse=False: a module from tune(), already legalized and fused; its tuned
+    kernels are marked scheduled, and ApplyDefaultSchedule leaves them alone."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu  # dataflow_lower_passes is not re-exported
+
+    front = [relax.transform.FuseTransposeMatmul(), *cpu.library_dispatch_passes(target),
+             *cpu.legalize_passes(target)] if fuse else []
+    schedules = dl.ApplyDefaultSchedule(dl.cpu.GEMV(), CPUMatmul(), dl.cpu.Reduction(), CPUFallback())
+    passes = tvm.transform.Sequential([*front, schedules, *cpu.dataflow_lower_passes(target),
+                                       *cpu.finalize_passes(target)])
+
+    @tvm.transform.module_pass(opt_level=0, name="CPUDefaultPipeline")
+    def pipeline(mod, _ctx):
+        with target:
+            return passes(mod)
+
+    return pipeline
+
+
 @functools.cache
 def json_database_works() -> bool:
     """Serialise one TIR node in a child process: a mismatched tvm-ffi build segfaults in ToJSONGraph."""
@@ -315,9 +459,56 @@ def interrupt_leaves_no_empty_database(work_dir: str):
         raise KeyboardInterrupt(f"tuning stopped; records tuned so far kept in {work_dir}") from None
 
 
+def shape_free(mod: tvm.IRModule) -> str:
+    """A kernel's TVMScript with its integer literals blanked: the same text for one kernel at two bucket
+    lengths (and for two kernels that differ only in their sizes)."""
+    return re.sub(r"\b\d+\b", "#", mod.script())
+
+
+def transfer_records(database: ms.Database, tasks, target: tvm.target.Target) -> int:
+    """Give tasks without a record the schedule of the same kernel at another size (another bucket).
+    MetaSchedule looks records up by exact workload, shapes included, so every new bucket length was tuned from
+    scratch. The 3 fastest records of each matching kernel are replayed on the new shape in turn: a trace whose
+    tile sizes do not fit it fails to replay, and the next is tried. The first that replays is built and timed
+    here and committed, with its own time, as the new workload's record. Returns how many tasks got one."""
+    keys, measured = {}, {}
+    for record in database.get_all_tuning_records():
+        if record.run_secs and float(record.run_secs[0]) < 1e9:
+            workload = tvm_ffi.structural_hash(record.workload.mod)
+            if workload not in keys:
+                keys[workload] = shape_free(record.workload.mod)
+            measured.setdefault(keys[workload], []).append(record)
+    cpu = target.kind.name == "llvm"
+    builder = InProcessBuilder() if cpu else ms.builder.LocalBuilder()
+    runner = InProcessRunner() if cpu else ms.runner.LocalRunner()
+    transferred = 0
+    for task in tasks:
+        mod = task.dispatched[0]
+        for record in sorted(measured.get(shape_free(mod), []), key=lambda r: float(r.run_secs[0]))[:3]:
+            sch = s_tir.Schedule(mod)
+            try:
+                record.trace.apply_to_schedule(sch, remove_postproc=False)
+            except Exception:  # noqa: BLE001  a split or tile decision that does not fit this shape
+                continue
+            args = ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"])
+            (built,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
+            if built.error_msg:
+                continue
+            (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu" if cpu else "cuda", args)])
+            result = future.result()
+            if result.error_msg or not result.run_secs:
+                continue
+            database.commit_tuning_record(ms.database.TuningRecord(
+                sch.trace, database.commit_workload(mod), result.run_secs, target, args))
+            transferred += 1
+            break
+    return transferred
+
+
 def tune(mod: tvm.IRModule, target: tvm.target.Target, trials: int, work_dir: str, ops: list[str] | None):
     """MetaSchedule over the fused kernels (those named like `ops`, all when None) that work_dir's database
-    has no record for; then every kernel the database knows is applied. (module, task counts)."""
+    has no record for, after those given a record of the same kernel at another bucket length; then every
+    kernel the database knows is applied. (module, task counts)."""
     import_tensor_intrinsics()  # before TuneContext imports it the slow way
     with target:
         mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
@@ -326,7 +517,9 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, trials: int, work_dir: st
     tasks = [t for t in ms.relax_integration.extract_tasks(mod, target)
              if ops is None or any(op in t.task_name for op in ops)]
     database = ms.database.JSONDatabase(work_dir=work_dir)
-    todo = [t for t in tasks if not has_record(database, t)]
+    missing = [t for t in tasks if not has_record(database, t)]
+    transferred = transfer_records(database, missing, target) if missing else 0
+    todo = [t for t in missing if not has_record(database, t)]
     if todo:
         # A budget too small to fit a cost model on: replay random schedules rather than evolve a population.
         search = "evolutionary" if trials >= 64 else "replay-trace"
@@ -342,7 +535,8 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, trials: int, work_dir: st
                 cost_model="xgb" if search == "evolutionary" else "random")
     with target, database, tvm.transform.PassContext(opt_level=3):
         mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
-    return mod, {"tasks": len(tasks), "tasks_tuned": len(todo), "tasks_from_database": len(tasks) - len(todo)}
+    return mod, {"tasks": len(tasks), "tasks_tuned": len(todo), "tasks_from_database": len(tasks) - len(missing),
+                 "tasks_transferred": transferred}
 
 
 # Tensor-core instructions in the CUDA C that TVM generates: WMMA (what dlight's Matmul rule emits), inline-PTX
@@ -381,7 +575,7 @@ class TVMCompiler:
         self.target, self.trials, self.work_dir = tvm_target(device), trials, work_dir
         self.dev = tvm.cuda(device.index or 0) if device.type == "cuda" else tvm.cpu(0)
         self.builds, self.times = {}, {"export_s": 0.0, "tune_s": 0.0, "build_s": 0.0}
-        self.tuning = {"tasks": 0, "tasks_tuned": 0, "tasks_from_database": 0}
+        self.tuning = {"tasks": 0, "tasks_tuned": 0, "tasks_from_database": 0, "tasks_transferred": 0}
         self.kernels = {"kernels": 0, "tensor_core_kernels": 0}  # CUDA builds, all shapes together
 
     def compile(self, tensors: tuple):
@@ -400,7 +594,9 @@ class TVMCompiler:
             import_tensor_intrinsics()  # dlight's Matmul rule imports them to tensorize float16 matmuls
         # On CUDA, tvm.compile's default pipeline (relax.backend.cuda) schedules every kernel with dlight's GPU
         # rules (Matmul, GEMV, Reduction, GeneralReduction, Fallback); one left unscheduled fails the build.
-        executable = tvm.compile(mod, target=self.target)
+        cpu = self.target.kind.name == "llvm"
+        executable = tvm.compile(mod, target=self.target,
+                                 relax_pipeline=cpu_pipeline(self.target, fuse=not self.tune) if cpu else "default")
         if self.target.kind.name == "cuda":
             tensor_core, kernels = tensor_core_kernels(cuda_source(executable))
             self.kernels = {"kernels": self.kernels["kernels"] + kernels,

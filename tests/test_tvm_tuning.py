@@ -58,3 +58,23 @@ def test_interrupted_tuning_leaves_no_empty_database_files(tmp_path):
             (tmp_path / "database_tuning_record.json").write_text('["a record"]\n')
             raise KeyboardInterrupt
     assert sorted(p.name for p in tmp_path.iterdir()) == ["database_tuning_record.json", "kept.json"]
+
+
+def test_another_bucket_reuses_the_tuned_schedule(tmp_path):
+    tvm_backend = pytest.importorskip("tensor_rewriting.tvm_backend")
+    if not tvm_backend.json_database_works():
+        pytest.skip(tvm_backend.JSON_DATABASE_BROKEN)
+    module = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU()).eval()
+
+    def compile_for(rows):
+        compiled = tvm_backend.TVMCompiler(module, "ansor", torch.device("cpu"), trials=2, work_dir=str(tmp_path),
+                                           tune_ops=["matmul"])
+        x = torch.randn(rows, 16)
+        torch.testing.assert_close(compiled(x), module(x), rtol=1e-4, atol=1e-5)
+        stats = compiled.stats()
+        return stats["tasks_tuned"], stats["tasks_transferred"], stats["tasks_from_database"]
+
+    assert compile_for(4) == (1, 0, 0)
+    # 8 rows: a new workload for MetaSchedule; the 4-row schedule replays on it (its tiles re-fitted), timed here
+    assert compile_for(8) == (0, 1, 0)
+    assert compile_for(8) == (0, 0, 1)  # and it is now that workload's own record
