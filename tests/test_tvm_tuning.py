@@ -78,3 +78,37 @@ def test_another_bucket_reuses_the_tuned_schedule(tmp_path):
     # 8 rows: a new workload for MetaSchedule; the 4-row schedule replays on it (its tiles re-fitted), timed here
     assert compile_for(8) == (0, 1, 0)
     assert compile_for(8) == (0, 0, 1)  # and it is now that workload's own record
+
+
+def test_cpu_pipeline_schedules_every_kernel_and_stays_exact():
+    """TVM default on a CPU: the matmuls (with their bias/GELU/residual epilogues and the transposed weight read
+    while packing) and everything else come out scheduled — a parallel loop in every kernel — and the result equals
+    PyTorch's at shapes that are not whole tiles (rows 37, features 40 and 72)."""
+    tvm_backend = pytest.importorskip("tensor_rewriting.tvm_backend")
+    import tvm
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up, self.down, self.norm = torch.nn.Linear(40, 72), torch.nn.Linear(72, 40), torch.nn.LayerNorm(40)
+
+        def forward(self, x):
+            return self.norm(x + self.down(torch.nn.functional.gelu(self.up(x)))).softmax(-1)
+
+    module = Block().eval()
+    x = torch.randn(37, 40)
+    compiled = tvm_backend.TVMCompiler(module, "default", torch.device("cpu"), trials=0, work_dir="")
+    torch.testing.assert_close(compiled(x), module(x), rtol=1e-4, atol=1e-5)
+
+    mod, _ = tvm_backend.export_relax(module, (x,))
+    target = tvm_backend.tvm_target(torch.device("cpu"))
+    lowered = tvm_backend.cpu_pipeline(target, fuse=True)(mod)
+    kernels = {gv.name_hint: f for gv, f in lowered.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    assert any("matmul" in name for name in kernels), sorted(kernels)
+    unscheduled = [name for name, f in kernels.items() if "T.parallel" not in f.script()]
+    assert not unscheduled, f"kernels without a parallel loop: {unscheduled}"
+    # the matmuls by CPUMatmul (dlight's CPU Reduction rule would take them too, one row per thread, untiled):
+    # a register tile of accumulators ("local") written back with vector stores
+    untiled = [name for name, f in kernels.items() if "matmul" in name
+               and not ('"local"' in f.script() and "T.vectorized" in f.script())]
+    assert not untiled, f"matmul kernels without a register tile: {untiled}"
