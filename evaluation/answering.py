@@ -106,8 +106,7 @@ def make_batches(encoded: list[list[int]], batch_size: int, pad_id: int, left_pa
 
     Without `buckets` (eager code, any shape is fine): token-budget batches (token_budget_groups), so padding stays
     under MAX_PADDING at any --limit. With `buckets` (static-shape compiled code, one compilation per shape):
-    batch_size questions per batch, longest first, each batch padded up to a bucket length; a short last batch is
-    padded up to batch_size rows by the compiled forward, and its padded_tokens count those rows."""
+    batch_size questions per batch, longest first, each batch padded up to a bucket length."""
     lengths = [len(x) for x in encoded]
     if buckets:
         order = sorted(range(len(encoded)), key=lambda i: -lengths[i])
@@ -127,9 +126,8 @@ def make_batches(encoded: list[list[int]], batch_size: int, pad_id: int, left_pa
         real = mask.sum(1)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         last = torch.full_like(real, width - 1) if left_pad else real - 1
-        rows = min(batch_size, len(encoded)) if buckets else len(idx)
         batches.append(Batch(idx, ids.to(device), mask.to(device), last.to(device), positions.to(device),
-                             int(real.sum()), rows * width))
+                             int(real.sum()), len(idx) * width))
     return batches
 
 

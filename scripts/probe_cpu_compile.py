@@ -103,7 +103,7 @@ def batches_for(tokenizer, questions, batch: int, width: int, max_len: int):
     ids = [encode_prompt(tokenizer, q, ANSWER_PREFIX, max_len)[0] for q in questions]
     bs = make_batches(ids, batch, tokenizer.pad_token_id, left_pad=False, device=torch.device("cpu"), buckets=[width])
     out = []
-    for b in bs:  # pad a short last batch by repeating its last row (as hot_path.pad_rows); keep n real rows
+    for b in bs:  # pad a short last batch by repeating its last row (one shape per probe); keep n real rows
         n = len(b.indices)
         t = [b.input_ids, b.attention_mask, b.position_ids, b.last_index]
         if n < batch:

@@ -41,26 +41,18 @@ class AnswerLogits(torch.nn.Module):
         return torch.nn.functional.linear(last, self.answer_head).float()
 
 
-def pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
-    """Repeat the last row up to `rows` rows, so a short final batch reuses the full-batch compiled code."""
-    return torch.cat([t, t[-1:].expand(rows - len(t), *t.shape[1:])]) if len(t) < rows else t
+class CompiledForward:
+    """The harness's forward(model, batch, answer_ids) over a compiled fn of the 4 prompt tensors. Every batch is
+    called as it is: a short last batch is its own shape (one compilation more at most), not padded with rows."""
 
-
-class StaticForward:
-    """The harness's forward(model, batch, answer_ids) over a compiled fn: of static [batch_size, bucket] shapes
-    (short batches padded up to batch_size rows), or of any shape when batch_size is None (dynamic shapes)."""
-
-    def __init__(self, fn, batch_size: int | None):
-        self.fn, self.batch_size = fn, batch_size
+    def __init__(self, fn):
+        self.fn = fn
         self.after_call = None  # e.g. a hook that records recompilations while the harness runs its passes
 
     def __call__(self, model, batch, answer_ids):
-        n = len(batch.indices)
-        args = [pad_rows(t, self.batch_size or n) for t in
-                (batch.input_ids, batch.attention_mask, batch.position_ids, batch.last_index)]
         with torch.inference_mode():
             # clone: CUDA-graph backends (cudagraphs, reduce-overhead) overwrite their output buffer next call
-            out = self.fn(*args)[:n].clone()
+            out = self.fn(batch.input_ids, batch.attention_mask, batch.position_ids, batch.last_index).clone()
         if self.after_call is not None:
             self.after_call()
         return out
@@ -76,12 +68,12 @@ def score_batches(model, tokenizer, questions, batch_size: int, buckets: list[in
                         buckets=buckets)
 
 
-def warm_up(forward: StaticForward, model, batches, answer_ids) -> list[tuple[int, int]]:
+def warm_up(forward: CompiledForward, model, batches, answer_ids) -> list[tuple[int, int]]:
     """Run one batch of each distinct shape, so every compilation happens here (setup), not in timed passes.
     Returns the [rows, length] shapes the compiled code was called with."""
     shapes = {}
     for b in batches:
-        shapes.setdefault((forward.batch_size or len(b.indices), b.input_ids.shape[1]), b)
+        shapes.setdefault(tuple(b.input_ids.shape), b)
     # a bar: untuned TVM on a CPU can spend many minutes on one large shape
     for b in tqdm(shapes.values(), desc="compile + warm-up", unit="shape"):
         forward(model, b, answer_ids)

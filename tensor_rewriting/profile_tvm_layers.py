@@ -23,7 +23,7 @@ from evaluation import (PRESETS, Options, UsageError, load_test_questions, load_
                         run_main)
 from evaluation.answering import answer_logits, answer_token_ids
 from evaluation.modeling import random_model
-from tensor_rewriting.hot_path import DEFAULT_BUCKETS, AnswerLogits, StaticForward, score_batches
+from tensor_rewriting.hot_path import DEFAULT_BUCKETS, AnswerLogits, CompiledForward, score_batches
 from tensor_rewriting.tvm_backend import TVMCompiler, check_indices
 
 
@@ -60,7 +60,7 @@ def time_cut(cfg, layers: int, tokenizer, questions, rounds: int) -> dict:
         want = answer_logits(model, batch, answer_ids)  # also the eager warm-up
         eager_s = median_seconds(lambda: answer_logits(model, batch, answer_ids), rounds)
     compiled = TVMCompiler(AnswerLogits(model, answer_ids), "default", torch.device("cpu"), 1, "", None)
-    forward = StaticForward(compiled, len(batch.indices))
+    forward = CompiledForward(compiled)
     t0 = time.perf_counter()
     got = forward(model, batch, answer_ids)  # export + build + first call
     first_call_s = time.perf_counter() - t0

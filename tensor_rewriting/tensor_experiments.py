@@ -1,8 +1,7 @@
 """Tensor rewriting: BioGPT's answer-logits forward compiled by torch.compile backends or Apache TVM Relax.
 
 torch.compile backends compile once with dynamic shapes over the token-budget batches eager uses; TVM, CUDA graphs
-and reduce-overhead compile static shapes: batches padded to bucket lengths (and the last batch to full size),
-each shape once. All compiling happens before the timed passes; an eager check on the same inputs must agree
+and reduce-overhead compile static shapes: batches padded to bucket lengths, each shape once. All compiling happens before the timed passes; an eager check on the same inputs must agree
 within the dtype's tolerance or the run exits 1.
 
     python tensor_rewriting/tensor_experiments.py --backend inductor --mode default --model tiny-random \
@@ -17,7 +16,7 @@ import torch
 from evaluation import Applied, DtypeOptions, Options, UsageError, main, option
 from evaluation.answering import answer_token_ids
 from evaluation.modeling import DTYPES
-from tensor_rewriting.hot_path import DEFAULT_BUCKETS, AnswerLogits, StaticForward, eager_check, score_batches, warm_up
+from tensor_rewriting.hot_path import DEFAULT_BUCKETS, AnswerLogits, CompiledForward, eager_check, score_batches, warm_up
 
 MODES = {"eager": ["default"], "aot_eager": ["default"], "cudagraphs": ["default"],
          "inductor": ["default", "reduce-overhead", "max-autotune"],
@@ -113,7 +112,7 @@ def apply(model, tokenizer, cfg, device, questions) -> Applied:
         from tensor_rewriting.tvm_backend import check_indices
         check_indices(batches, model.config)
     compiled = compile_forward(AnswerLogits(model, answer_ids), opts, device)
-    forward = StaticForward(compiled, None if opts.dynamic else min(cfg.batch_size, len(questions)))
+    forward = CompiledForward(compiled)
     shapes = warm_up(forward, model, batches, answer_ids)
     check = eager_check(forward, model, batches[:opts.check_batches], answer_ids, cfg.dtype)
     stats = compiled.stats()
