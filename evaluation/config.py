@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import warnings
 import os
 import sys
 from dataclasses import dataclass, field
@@ -214,3 +215,9 @@ def quiet_third_party() -> None:
     _drop_log_records("torchao", "Failed to load")
     # torchao registers its enums as pytree constants, which torch >= 2.13 deprecates (torchao's to fix)
     _drop_log_records("torch.utils._pytree", "is an Enum subclass and is now natively supported")
+    # torch.export's own pytree code trips torch's LeafSpec deprecation (printed from copyreg during TVM export)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    # torch.ao's quantized tensors are deprecated (issue 184982); dynamic-int8 on a CPU runs on them until torchao's
+    # CPU kernels catch up (quantization/README.md)
+    warnings.filterwarnings("ignore", message=r"torch.quantize_per_tensor, torch.quantize_per_channel",
+                            category=UserWarning)

@@ -614,7 +614,7 @@ def benchmark_table(rows: list[dict], failed: list[dict]) -> str:
         random = first_row["weights"] == "random"
         parts.append(f"**{first_row['model']}** ({'weights: random, accuracy meaningless' if random else 'real weights'}), "
                      f"{first_row['n']} questions — {first_row['device_type']}: {first_row['device_name']} "
-                     f"({isa_text(first_row['cpu_isa']) if first_row['device_type'] == 'cpu' else 'GPU'}), "
+                     f"({isa_text(next((r['cpu_isa'] for r in members if r['cpu_isa']), None)) if first_row['device_type'] == 'cpu' else 'GPU'}), "
                      f"{first_row['threads']} threads, torch {first_row['torch']}, {(first_row['date'] or '?')[:10]}\n")
         body = []
         for r in members:
@@ -632,6 +632,11 @@ def benchmark_table(rows: list[dict], failed: list[dict]) -> str:
         parts.append(md_table(["run", "dtype", "pass s, median (min–max) ×passes", "speed-up [95% CI]",
                                "agreement % / mean KL", "footprint MiB", "% of peak", "setup s", "padding %",
                                "real tokens/s"], body) + "\n")
+    parts.append("Speed-up: the baseline's median pass ÷ the run's, 95% bootstrap interval over both runs' passes "
+                 "(n.s.: it includes 1). % of peak: the forward's nominal FLOP/s ÷ this machine's measured dense "
+                 "matmul peak in the run's dtype (int8 runs are set against the float32 peak, so they can pass "
+                 "100%). Setup: compile, tuning or quantization, never inside a pass. Padding: the share of "
+                 "computed tokens that are padding.\n")
     if failed:
         lines = dict.fromkeys(  # one line per variant and reason, however many models it was skipped for
             f"- `{f['run']}`: " + (f"skipped — {f.get('reason')}" if f.get("skipped")
