@@ -82,15 +82,16 @@ def bucket_width(width: int, buckets: list[int] | None) -> int:
 MAX_PADDING = 0.10  # the share of a token-budget batch's computed tokens that may be padding
 
 
-def token_budget_groups(lengths: list[int], batch_size: int) -> list[list[int]]:
+def token_budget_groups(lengths: list[int], batch_size: int, width_of=lambda n: n) -> list[list[int]]:
     """Indices in batches of similar length, longest first (so the memory peak shows at once). A batch holds at
     most batch_size x the mean length in padded tokens (so memory stays that of batch_size average prompts, and
-    short prompts share a batch with more of their kind), and is closed before padding passes MAX_PADDING of it."""
+    short prompts share a batch with more of their kind), and is closed before padding passes MAX_PADDING of it.
+    width_of: the length a batch is padded to for its longest prompt (a bucket length, for static shapes)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     budget = batch_size * sum(lengths) / max(len(lengths), 1)
     groups, current, real = [], [], 0
     for i in order:
-        width = lengths[current[0]] if current else lengths[i]
+        width = width_of(lengths[current[0]] if current else lengths[i])
         padded = (len(current) + 1) * width
         if current and (padded > budget or padded - real - lengths[i] > MAX_PADDING * padded):
             groups.append(current)
@@ -104,31 +105,29 @@ def make_batches(encoded: list[list[int]], batch_size: int, pad_id: int, left_pa
                  device: torch.device, buckets: list[int] | None = None) -> list[Batch]:
     """Length-sorted batches moved to the device up front.
 
-    Without `buckets` (eager code, any shape is fine): token-budget batches (token_budget_groups), so padding stays
-    under MAX_PADDING at any --limit. With `buckets` (static-shape compiled code, one compilation per shape):
-    batch_size questions per batch, longest first, each batch padded up to a bucket length."""
+    Token-budget batches (token_budget_groups), so padding stays under MAX_PADDING at any --limit. With `buckets`
+    (static-shape compiled code, one compilation per [rows, length]): each batch padded up to a bucket length,
+    that padding counted in the budget (a one-prompt batch can't be split: its rounding is all it pads)."""
     lengths = [len(x) for x in encoded]
-    if buckets:
-        order = sorted(range(len(encoded)), key=lambda i: -lengths[i])
-        groups = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
-    else:
-        groups = token_budget_groups(lengths, batch_size)
-    batches = []
-    for idx in groups:
-        width = bucket_width(max(lengths[i] for i in idx), buckets)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            n = len(encoded[i])
-            cols = slice(width - n, width) if left_pad else slice(0, n)
-            ids[row, cols] = torch.tensor(encoded[i])
-            mask[row, cols] = 1
-        real = mask.sum(1)
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
-        last = torch.full_like(real, width - 1) if left_pad else real - 1
-        batches.append(Batch(idx, ids.to(device), mask.to(device), last.to(device), positions.to(device),
-                             int(real.sum()), len(idx) * width))
-    return batches
+    groups = token_budget_groups(lengths, batch_size, lambda n: bucket_width(n, buckets))
+    return [pad_batch([encoded[i] for i in idx], idx, bucket_width(max(lengths[i] for i in idx), buckets), pad_id,
+                      left_pad, device) for idx in groups]
+
+
+def pad_batch(rows: list[list[int]], indices: list[int], width: int, pad_id: int, left_pad: bool,
+              device: torch.device) -> Batch:
+    """These prompts as one [len(rows), width] batch, padded on the right (score) or the left (generate)."""
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, tokens in enumerate(rows):
+        cols = slice(width - len(tokens), width) if left_pad else slice(0, len(tokens))
+        ids[row, cols] = torch.tensor(tokens)
+        mask[row, cols] = 1
+    real = mask.sum(1)
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    last = torch.full_like(real, width - 1) if left_pad else real - 1
+    return Batch(list(indices), ids.to(device), mask.to(device), last.to(device), positions.to(device),
+                 int(real.sum()), len(rows) * width)
 
 
 def full_attention_mask(model, mask: torch.Tensor, q_length: int) -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch
 import torch._dynamo
 import torch._inductor.config
 
-from evaluation.answering import ANSWER_PREFIX, answer_token_ids, encode_prompt, make_batches
+from evaluation.answering import ANSWER_PREFIX, answer_token_ids, encode_prompt, pad_batch
 from evaluation.data import load_test_questions
 from evaluation.modeling import load_tokenizer, random_model
 from tensor_rewriting.hot_path import AnswerLogits
@@ -100,8 +100,9 @@ def grad_ctx(mode: str):
 
 
 def batches_for(tokenizer, questions, batch: int, width: int, max_len: int):
-    ids = [encode_prompt(tokenizer, q, ANSWER_PREFIX, max_len)[0] for q in questions]
-    bs = make_batches(ids, batch, tokenizer.pad_token_id, left_pad=False, device=torch.device("cpu"), buckets=[width])
+    ids = [encode_prompt(tokenizer, q, ANSWER_PREFIX, max_len)[0][:width] for q in questions]
+    bs = [pad_batch(ids[k:k + batch], range(k, min(k + batch, len(ids))), width, tokenizer.pad_token_id, False,
+                    torch.device("cpu")) for k in range(0, len(ids), batch)]
     out = []
     for b in bs:  # pad a short last batch by repeating its last row (one shape per probe); keep n real rows
         n = len(b.indices)

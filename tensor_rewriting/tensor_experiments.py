@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from evaluation import Applied, DtypeOptions, Options, UsageError, main, option
+from evaluation import Applied, DtypeOptions, UsageError, main, option
 from evaluation.answering import answer_token_ids
 from evaluation.modeling import DTYPES
 from tensor_rewriting.hot_path import DEFAULT_BUCKETS, AnswerLogits, CompiledForward, eager_check, score_batches, warm_up

@@ -103,7 +103,7 @@ def test_energy_falls_back_to_integrated_power_without_the_counter(nvml):
 
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from evaluation.answering import answer_logits, full_attention_mask, greedy_generate, make_batches  # noqa: E402
+from evaluation.answering import answer_logits, full_attention_mask, greedy_generate, pad_batch  # noqa: E402
 from evaluation.modeling import random_model  # noqa: E402
 
 # Ops whose result the host must wait for on a GPU: a scalar read back (`.item()`, `bool(t)`, `if t.all()`) or an
@@ -131,13 +131,17 @@ def tiny_model():
     return random_model("tiny-random", 0, torch.float32, torch.device("cpu"))
 
 
-# three prompts of different lengths in one batch (a bucket keeps them together; token-budget batching
-# would split them), so the batch is padded
+# three prompts of different lengths in one batch (token-budget batching would split them), so the batch is padded
 PROMPTS = [[2] + list(range(10, 10 + n)) for n in (23, 9, 15)]
 
 
+def one_batch(left_pad: bool):
+    """All three prompts as one batch of 24 tokens, pad id 1."""
+    return pad_batch(PROMPTS, range(3), 24, 1, left_pad, torch.device("cpu"))
+
+
 def test_a_score_pass_reads_nothing_back_from_the_device(tiny_model):
-    batch = make_batches(PROMPTS, 3, 1, left_pad=False, device=torch.device("cpu"), buckets=[24])[0]
+    batch = one_batch(left_pad=False)
     assert batch.real_tokens < batch.padded_tokens
     answer_ids = torch.tensor([5, 6, 7])
     with HostReads() as reads:
@@ -153,7 +157,7 @@ def test_a_score_pass_builds_no_kv_cache(tiny_model, monkeypatch):
     made = []
     real = modeling_biogpt.DynamicCache
     monkeypatch.setattr(modeling_biogpt, "DynamicCache", lambda *a, **k: made.append(1) or real(*a, **k))
-    batch = make_batches(PROMPTS, 3, 1, left_pad=False, device=torch.device("cpu"), buckets=[24])[0]
+    batch = one_batch(left_pad=False)
     answer_logits(tiny_model, batch, torch.tensor([5, 6, 7]))
     assert made == []
 
@@ -161,7 +165,7 @@ def test_a_score_pass_builds_no_kv_cache(tiny_model, monkeypatch):
 def test_greedy_decoding_reads_back_only_its_stopping_check(tiny_model):
     from evaluation.telemetry import Clock
 
-    batch = make_batches(PROMPTS, 3, 1, left_pad=True, device=torch.device("cpu"), buckets=[24])[0]
+    batch = one_batch(left_pad=True)
     max_new = 5
     with HostReads() as reads:
         tokens, _ = greedy_generate(tiny_model, batch, max_new, eos_id=2, clock=Clock(torch.device("cpu")))
@@ -176,7 +180,7 @@ def test_the_4d_mask_gives_the_logits_and_tokens_of_transformers_own_mask(tiny_m
 
     import evaluation.answering as answering
 
-    batch = make_batches(PROMPTS, 3, 1, left_pad=False, device=torch.device("cpu"), buckets=[24])[0]
+    batch = one_batch(left_pad=False)
     answer_ids = torch.tensor([5, 6, 7])
     with torch.inference_mode():
         hidden = tiny_model.biogpt(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
@@ -184,7 +188,7 @@ def test_the_4d_mask_gives_the_logits_and_tokens_of_transformers_own_mask(tiny_m
         want = tiny_model.output_projection(hidden[torch.arange(3), batch.last_index])[:, answer_ids]
     torch.testing.assert_close(answer_logits(tiny_model, batch, answer_ids), want)
 
-    left = make_batches(PROMPTS, 3, 1, left_pad=True, device=torch.device("cpu"), buckets=[24])[0]
+    left = one_batch(left_pad=True)
     clock = Clock(torch.device("cpu"))
     got, _ = greedy_generate(tiny_model, left, 6, eos_id=-1, clock=clock)
     try:  # the 2D mask straight to transformers, as before

@@ -90,3 +90,18 @@ def test_matmul_peak_is_a_real_measurement():
 
     tflops = measure_peak_tflops(torch.device("cpu"), torch.float32, min_s=0.05)
     assert 1e-4 < tflops < 100  # a 2-core CPU: tens of GFLOP/s; never zero or absurd
+    # int8: torch.ao's u8 x s8 GEMM (fbgemm/oneDNN), what dynamic-int8 runs on a CPU
+    assert 1e-4 < measure_peak_tflops(torch.device("cpu"), torch.int8, min_s=0.05) < 1000
+
+
+def test_environment_names_the_cpu_instruction_sets():
+    """What CPU speed depends on is recorded with every run: torch's dispatch level and the matmul units."""
+    import torch
+
+    from evaluation.results import cpu_isa, environment, native_bf16_matmul
+
+    isa = environment(torch.device("cpu"))["cpu_isa"]
+    assert isa == cpu_isa() and isa["capability"] == torch.backends.cpu.get_cpu_capability()
+    assert set(isa) == {"capability", "avx2", "avx512", "avx512_bf16", "vnni", "amx_tile", "amx_fp16"}
+    assert all(isinstance(isa[k], bool) for k in isa if k != "capability")
+    assert native_bf16_matmul() == (isa["avx512_bf16"] or isa["amx_tile"])

@@ -36,25 +36,23 @@ def test_static_only_backends_refuse_dynamic_shapes(base_args):
 
 @pytest.mark.parametrize("backend", ["inductor", "tvm"])
 def test_compiled_matches_eager_without_recompiling(base_args, backend):
-    """TVM (static shapes): 6 questions in batches of 4 and 2, one bucket: one compiled shape per batch shape,
-    reused by every pass. Inductor (dynamic shapes by default): the
-    token-budget batches eager uses, no bucket, padding under 10%, compiled before the passes only."""
-    proc = run_script(base_args, "--backend", backend, "--buckets", "1024", "--min-passes", "2")
+    """Both run eager's token-budget batches, so padding stays under 10%. TVM (static shapes): each batch padded
+    up to a bucket length, the rounding counted in the budget; one build per [rows, length] shape. Inductor
+    (dynamic shapes by default): no bucket, one graph (a one-row batch may specialise once). Every compilation
+    before the timed passes."""
+    proc = run_script(base_args, "--backend", backend, "--min-passes", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Fast mode segfaults" not in proc.stderr  # TVM's take(mode="fast") warning: lookups are clipped instead
     r = results(base_args)
     m, t = r["metrics"], r["technique"]
     check = t["eager_check"]
     assert check["passed"] and check["max_abs_logit_diff"] <= check["tolerance"] and check["agreement_pct"] == 100
-    assert check["check_questions"] == 6
+    assert m["padding_fraction"] < 0.10
     if backend == "tvm":
-        assert t["shapes"] == "static" and t["compiled_shapes"] == [[2, 1024], [4, 1024]]
-        assert t["compile"]["compilations"] == 2
-        assert m["padded_tokens"] == 6 * 1024
+        assert t["shapes"] == "static" and all(length % 32 == 0 for _, length in t["compiled_shapes"])
+        assert t["compile"]["compilations"] == len(t["compiled_shapes"])
     else:
-        assert t["shapes"] == "dynamic" and all(length < 1024 for _, length in t["compiled_shapes"])
-        assert 1 <= t["compile"]["compilations"] <= 2  # a 1-row batch may specialise once
-        assert m["padding_fraction"] < 0.10
+        assert t["shapes"] == "dynamic" and 1 <= t["compile"]["compilations"] <= 2
     assert t["recompilations_in_passes"] == 0
     assert m["timed_passes"] == 2 and m["timed_pass_agreement"] == 100
 

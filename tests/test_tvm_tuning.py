@@ -1,5 +1,4 @@
 """TVM --mode ansor with the default trial budget: evolutionary search and the XGBoost cost model, end to end."""
-import sys
 from pathlib import Path
 
 import pytest
