@@ -168,7 +168,7 @@ def run_matrix(variants: list[Variant], out: Path, common: list[str], resume: bo
         elif why:
             write_error(run_dir, {"command": shlex.join([v.script, *v.flags, *common]), "returncode": None,
                                   "skipped": True, "reason": why})
-            print(f"\n=== {v.name} SKIPPED (known broken here): {why}")
+            print(f"\n=== {v.name} SKIPPED (broken or hopeless here): {why}")
             outcome = {"name": v.name, "status": "skipped", "reason": why}
         else:
             outcome = run_variant(v, out, common, reference, threads)
@@ -258,7 +258,7 @@ def main(argv=None):
     report = build_report([out], out, command=shlex.join(["python", "-m", "evaluation.matrix", *argv]))
     failed = [o for o in outcomes if o["status"] == "failed"]
     print(f"\nmatrix: {sum(o['status'] in ('ok', 'kept') for o in outcomes)} run(s) ok, {len(failed)} failed, "
-          f"{sum(o['status'] == 'skipped' for o in outcomes)} skipped as known broken; report: {report['report']}")
+          f"{sum(o['status'] == 'skipped' for o in outcomes)} skipped as broken or hopeless here; report: {report['report']}")
     for o in outcomes:
         if o["status"] in ("failed", "skipped"):
             print(f"  {o['status']}: {o['name']}" + (f" ({o['reason']})" if o.get("reason") else ""))

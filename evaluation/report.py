@@ -530,7 +530,7 @@ def markdown(rows: list[dict], groups: list[dict], failed: list[dict], plots: li
     parts.append("## Failed or skipped runs\n")
     if failed:
         parts.append(md_table(["run", "status", "return code", "reason (last line of stderr)"],
-                              [[f"`{f['run']}`", "skipped (known broken)" if f.get("skipped") else "failed",
+                              [[f"`{f['run']}`", "skipped (broken or hopeless here)" if f.get("skipped") else "failed",
                                 fmt(f.get("returncode")), (f.get("reason") or last_line(f.get("stderr_tail")))
                                 + (f" ({f['note']})" if f.get("note") else "")] for f in failed]))
         for f in failed:
