@@ -257,21 +257,26 @@ if "--model" in argv:
 '''
 
 
-def test_matrix_order_reference_failures_and_report(tmp_path, monkeypatch, capsys):
-    """The matrix with stub scripts: baseline first, --reference passed on, a failure recorded and the matrix
-    continues, known-broken combinations listed with a reason, then the report."""
-    from evaluation import matrix
-
+def stub_scripts(matrix, tmp_path, monkeypatch):
+    """Every variant's script replaced by STUB under a tree the matrix runs from; (calls log, out dir)."""
     tree = tmp_path / "tree"
     for script in {v.script for v in matrix.VARIANTS}:
         (tree / script).parent.mkdir(parents=True, exist_ok=True)
         (tree / script).write_text(STUB)
     template = tmp_path / "template.json"
     template.write_text(json.dumps(TEMPLATE))
-    calls, out = tmp_path / "calls.jsonl", tmp_path / "out"
     monkeypatch.setattr(matrix, "ROOT", tree)
-    monkeypatch.setenv("STUB_CALLS", str(calls))
+    monkeypatch.setenv("STUB_CALLS", str(tmp_path / "calls.jsonl"))
     monkeypatch.setenv("STUB_TEMPLATE", str(template))
+    return tmp_path / "calls.jsonl", tmp_path / "out"
+
+
+def test_matrix_order_reference_failures_and_report(tmp_path, monkeypatch, capsys):
+    """The matrix with stub scripts: baseline first, --reference passed on, a failure recorded and the matrix
+    continues, known-broken combinations listed with a reason, then the report."""
+    from evaluation import matrix
+
+    calls, out = stub_scripts(matrix, tmp_path, monkeypatch)
     with pytest.raises(SystemExit) as e:  # one command failed
         matrix.main(["--out", str(out), "--only", "precision-|pruning-2of4|qat-int4$|tensor-(eager|cudagraphs|tvm-ansor)",
                      "--", "--device", "cpu", "--limit", "20", "--wandb", "disabled"])
@@ -300,16 +305,7 @@ def test_matrix_over_two_models_writes_one_table(tmp_path, monkeypatch, capsys):
     table.md over both, headed by the command, a section per model, and the skipped variants once with why."""
     from evaluation import matrix
 
-    tree = tmp_path / "tree"
-    for script in {v.script for v in matrix.VARIANTS}:
-        (tree / script).parent.mkdir(parents=True, exist_ok=True)
-        (tree / script).write_text(STUB)
-    template = tmp_path / "template.json"
-    template.write_text(json.dumps(TEMPLATE))
-    calls, out = tmp_path / "calls.jsonl", tmp_path / "out"
-    monkeypatch.setattr(matrix, "ROOT", tree)
-    monkeypatch.setenv("STUB_CALLS", str(calls))
-    monkeypatch.setenv("STUB_TEMPLATE", str(template))
+    calls, out = stub_scripts(matrix, tmp_path, monkeypatch)
     monkeypatch.setattr(matrix, "device_kind", lambda common: "cpu")  # a CPU without bf16 units
     argv = ["--out", str(out), "--suite", "cpu", "--only", "int8$|bfloat16", "--models", "m-small", "m-large",
             "--", "--limit", "20", "--wandb", "disabled"]
