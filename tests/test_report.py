@@ -462,6 +462,18 @@ def test_speedup_interval_ns_and_percent_of_peak(tmp_path):
     assert order == ["baseline", "fast", "old", "same"]  # by technique, never by speed
 
 
+def test_percent_of_peak_uses_one_peak_per_dtype_in_a_group(tmp_path):
+    """Runs of one table recorded different cached peaks (a later run re-measured a higher one): every run is set
+    against the group's highest peak for its dtype, so % of peak ranks like the speed, and table.md names it."""
+    root = tmp_path / "results"
+    make_run(root, "baseline", metrics={"achieved_tflops": 0.05, "matmul_peak_tflops": 0.1, "roofline_fraction": 0.5})
+    make_run(root, "tvm", technique="tensor_rewriting", variant="tvm",
+             metrics={"achieved_tflops": 0.06, "matmul_peak_tflops": 0.2, "roofline_fraction": 0.3})
+    rows = rows_by_run(report.build_report([root], root))
+    assert rows["baseline"]["roofline_pct"] == pytest.approx(25.0) and rows["tvm"]["roofline_pct"] == pytest.approx(30.0)
+    assert "float32 200 GFLOP/s" in (root / "table.md").read_text()
+
+
 def test_help_is_whole_sentences():
     text = report.make_parser().format_help()
     assert "(default: None)" not in text
