@@ -1,6 +1,8 @@
 """The fast path: BioGPT's PubMedQA prompt, length-sorted batches, score and greedy-generate decoding."""
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 from dataclasses import dataclass
 
@@ -157,12 +159,22 @@ def answer_logits(model, batch: Batch, answer_ids: torch.Tensor) -> torch.Tensor
     return model.output_projection(last)[:, answer_ids].float()
 
 
+@functools.cache
+def cache_arg() -> str:
+    """transformers renamed past_key_values to cache (the old name warns, and goes in 5.40): what this one takes.
+    Asked at the first decode, not at import (importing the model class imports torchao, whose start-up lines
+    evaluation filters only once it is imported itself)."""
+    from transformers import BioGptForCausalLM
+
+    return "cache" if "cache" in inspect.signature(BioGptForCausalLM.forward).parameters else "past_key_values"
+
+
 def prefill(model, input_ids, attention_mask, position_ids, cache=None):
     """One forward over `input_ids` after `cache`; `attention_mask`: [B, cached + new] padding mask."""
     mask = full_attention_mask(model, attention_mask, input_ids.shape[1])
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1].argmax(-1), out.past_key_values
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=True,
+                logits_to_keep=1, **{cache_arg(): cache})
+    return out.logits[:, -1].argmax(-1), getattr(out, cache_arg())
 
 
 @torch.inference_mode()
