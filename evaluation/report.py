@@ -649,11 +649,11 @@ def benchmark_table(rows: list[dict], failed: list[dict]) -> str:
         parts.append(md_table(["run", "dtype", "pass s, median (min–max) ×passes", "speed-up [95% CI]",
                                "agreement % / mean KL", "footprint MiB", "% of peak", "setup s", "padding %",
                                "real tokens/s"], body) + "\n")
-    peaks = sorted({(r["dtype"], r.get("roofline_peak_tflops")) for r in rows if r.get("roofline_peak_tflops")})
+    peaks = sorted({(r["model"], r["dtype"], r["roofline_peak_tflops"]) for r in rows if r.get("roofline_peak_tflops")})
     parts.append("Speed-up: the baseline's median pass ÷ the run's, 95% bootstrap interval over both runs' passes "
                  "(n.s.: it includes 1). % of peak: the forward's nominal FLOP/s ÷ this machine's measured dense "
                  "matmul peak in the run's dtype (the best call of a square torch.mm, the highest its runs "
-                 "recorded: " + ", ".join(f"{d} {p * 1e3:.0f} GFLOP/s" for d, p in peaks) + "; int8 runs are set "
+                 "recorded: " + ", ".join(f"{m} {d} {p * 1e3:.0f} GFLOP/s" for m, d, p in peaks) + "; int8 runs are set "
                  "against the float32 peak, so they can pass 100%). Setup: compile, tuning or quantization, never "
                  "inside a pass. Padding: the share of computed tokens that are padding.\n")
     if failed:

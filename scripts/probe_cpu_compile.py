@@ -135,6 +135,8 @@ def profile(names, fns, tensors, mode, rows):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default="eager-fp32,ind-fp32,ind-fp32-freeze")
+    ap.add_argument("--tokenizer-dir", default="../shared/data/biogpt-large")
+    ap.add_argument("--data-dir", default="../shared/data/pubmedqa")
     ap.add_argument("--layers", type=int, default=24)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--width", type=int, default=512, help="every prompt padded to this length (one shape)")
@@ -166,8 +168,8 @@ def main():
     if any(VARIANTS[n][0] in ("bf16",) for n in need) and not args.no_check:
         need = list(dict.fromkeys(need + ["eager-bf16"]))
 
-    tokenizer = load_tokenizer(PRESET, "/work/shared/data/biogpt-large")
-    questions = load_test_questions("/work/shared/data/pubmedqa", args.questions)
+    tokenizer = load_tokenizer(PRESET, args.tokenizer_dir)
+    questions = load_test_questions(args.data_dir, args.questions)
     answer_ids = torch.tensor(answer_token_ids(tokenizer))
     batches = batches_for(tokenizer, questions, args.batch, args.width, args.width)
     print(f"cpu: {cpu_name()}; torch {torch.__version__}; threads {torch.get_num_threads()}; "

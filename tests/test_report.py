@@ -471,7 +471,7 @@ def test_percent_of_peak_uses_one_peak_per_dtype_in_a_group(tmp_path):
              metrics={"achieved_tflops": 0.06, "matmul_peak_tflops": 0.2, "roofline_fraction": 0.3})
     rows = rows_by_run(report.build_report([root], root))
     assert rows["baseline"]["roofline_pct"] == pytest.approx(25.0) and rows["tvm"]["roofline_pct"] == pytest.approx(30.0)
-    assert "float32 200 GFLOP/s" in (root / "table.md").read_text()
+    assert "tiny-random float32 200 GFLOP/s" in (root / "table.md").read_text()
 
 
 def test_help_is_whole_sentences():
