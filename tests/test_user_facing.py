@@ -63,7 +63,10 @@ def test_sigint_in_the_timed_phase(tokenizer_dir, data_dir, tmp_path):
                                  tokenizer_dir, "--data-dir", data_dir, "--limit", "4", "--wandb", "disabled",
                                  "--output-dir", str(out), "--min-duration", "600"],
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                                # as from a terminal: a shell's background job (`cmd &`) starts its children with
+                                # SIGINT ignored, and Python then never raises KeyboardInterrupt
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 300
         while "timed passes" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
