@@ -258,7 +258,8 @@ def main(argv=None):
     report = build_report([out], out, command=shlex.join(["python", "-m", "evaluation.matrix", *argv]))
     failed = [o for o in outcomes if o["status"] == "failed"]
     print(f"\nmatrix: {sum(o['status'] in ('ok', 'kept') for o in outcomes)} run(s) ok, {len(failed)} failed, "
-          f"{sum(o['status'] == 'skipped' for o in outcomes)} skipped as broken or hopeless here; report: {report['report']}")
+          f"{sum(o['status'] == 'skipped' for o in outcomes)} skipped as broken or hopeless here; "
+          f"report: {report['report']}")
     for o in outcomes:
         if o["status"] in ("failed", "skipped"):
             print(f"  {o['status']}: {o['name']}" + (f" ({o['reason']})" if o.get("reason") else ""))

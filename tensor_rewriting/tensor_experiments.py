@@ -1,8 +1,9 @@
 """Tensor rewriting: BioGPT's answer-logits forward compiled by torch.compile backends or Apache TVM Relax.
 
-torch.compile backends compile once with dynamic shapes over the token-budget batches eager uses; TVM, CUDA graphs
-and reduce-overhead compile static shapes: batches padded to bucket lengths, each shape once. All compiling happens before the timed passes; an eager check on the same inputs must agree
-within the dtype's tolerance or the run exits 1.
+Every backend runs the token-budget batches eager uses. torch.compile backends compile once with dynamic shapes;
+TVM, CUDA graphs and reduce-overhead compile static shapes, each batch's length rounded up to a bucket, each shape
+once. All compiling happens before the timed passes; an eager check on the same inputs must agree within the
+dtype's tolerance or the run exits 1.
 
     python tensor_rewriting/tensor_experiments.py --backend inductor --mode default --model tiny-random \
         --tokenizer-dir ../shared/data/biogpt-large --data-dir ../shared/data/pubmedqa --limit 16
@@ -32,10 +33,10 @@ class CompileOptions(DtypeOptions):
                                   "pipeline; see tensor_rewriting/README.md for what it costs on a CPU) or ansor "
                                   "(= meta-schedule, MetaSchedule auto-tuning); the other backends: default.",
                        choices=sorted({m for ms in MODES.values() for m in ms}))
-    shapes: str = option("auto", "static: batches of --batch-size rows padded up to a bucket length, one "
-                                 "compilation per shape; dynamic: one compilation with symbolic batch and length, "
-                                 "over the token-budget batches eager uses (less padding); auto: static for tvm, "
-                                 "cudagraphs and reduce-overhead (CUDA graphs are per shape), else dynamic.",
+    shapes: str = option("auto", "static: eager's token-budget batches with each length rounded up to a bucket "
+                                 "(--buckets), one compilation per [rows, length] shape; dynamic: one compilation "
+                                 "with symbolic batch and length over those batches unrounded; auto: static for "
+                                 "tvm, cudagraphs and reduce-overhead (CUDA graphs are per shape), else dynamic.",
                          choices=["auto", "static", "dynamic"])
     buckets: str = option(",".join(map(str, DEFAULT_BUCKETS)),
                           "Static shapes: comma-separated sequence lengths each batch is padded up to (one "
@@ -89,14 +90,15 @@ class CompileOptions(DtypeOptions):
             raise UsageError("--backend cudagraphs needs a CUDA device (CUDA graphs do not exist on CPU)")
 
 
-def compile_forward(module, opts, device):
-    """The technique: a callable over the 4 prompt tensors, with .stats() (compilations, build/tune times)."""
+def compile_forward(module, opts, device, shapes: int):
+    """The technique: a callable over the 4 prompt tensors, with .stats() (compilations, build/tune times).
+    shapes: how many distinct batch shapes it will be called with."""
     if opts.backend == "tvm":
         from tensor_rewriting.tvm_backend import TVMCompiler
         ops = None if opts.tvm_tune_ops == "all" else opts.tvm_tune_ops.split(",")
         return TVMCompiler(module, opts.mode, device, opts.tvm_trials, opts.tvm_work_dir, ops)
     from tensor_rewriting.torch_backends import TorchCompiled
-    return TorchCompiled(module, opts.backend, opts.mode, opts.bucket_lengths, device, DTYPES[opts.dtype_name],
+    return TorchCompiled(module, opts.backend, opts.mode, shapes, device, DTYPES[opts.dtype_name],
                          dynamic=opts.dynamic)
 
 
@@ -111,7 +113,8 @@ def apply(model, tokenizer, cfg, device, questions) -> Applied:
     if opts.backend == "tvm":
         from tensor_rewriting.tvm_backend import check_indices
         check_indices(batches, model.config)
-    compiled = compile_forward(AnswerLogits(model, answer_ids), opts, device)
+    compiled = compile_forward(AnswerLogits(model, answer_ids), opts, device,
+                               len({tuple(b.input_ids.shape) for b in batches}))
     forward = CompiledForward(compiled)
     shapes = warm_up(forward, model, batches, answer_ids)
     check = eager_check(forward, model, batches[:opts.check_batches], answer_ids, cfg.dtype)

@@ -20,15 +20,16 @@ def cpu_inductor_config(dtype: torch.dtype, mode: str) -> dict:
 
 
 class TorchCompiled:
-    """torch.compile(module): with static shapes one graph per (batch, bucket) shape, none per batch; with
-    dynamic=True one graph whose batch and length are symbolic (the token-budget batches eager runs use)."""
+    """torch.compile(module): with static shapes one graph per [rows, length] shape, none per batch; with
+    dynamic=True one graph whose batch and length are symbolic (a one-row batch may add a specialised one)."""
 
-    def __init__(self, module: torch.nn.Module, backend: str, mode: str, buckets: list[int],
+    def __init__(self, module: torch.nn.Module, backend: str, mode: str, shapes: int,
                  device: torch.device, dtype: torch.dtype, dynamic: bool = False):
         torch._dynamo.reset()  # also: a same-shaped module compiled earlier would otherwise lend its graph
         counters.clear()
-        # Each bucket length is one static-shape entry in dynamo's cache: let all of them stay there.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(buckets) + 2)
+        # Each static shape is one entry in dynamo's cache: let all of them stay there (past the limit dynamo
+        # would fall back to eager for the rest).
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, shapes + 2)
         options = {"mode": None if mode == "default" else mode} if backend == "inductor" else {}
         self.inductor_config = cpu_inductor_config(dtype, mode) if backend == "inductor" and device.type == "cpu" else {}
         self.fn = torch.compile(module, backend=backend, dynamic=dynamic, **options)
