@@ -44,8 +44,9 @@ class Options:
     def dtype(self) -> str:
         return "float32"
 
-    def check_device(self, device) -> None:
-        """Refuse, before any loading, what this device cannot run (raise UsageError)."""
+    def check(self, cfg: "RunConfig", device) -> None:
+        """Refuse, before any loading, what this run cannot do on this device (raise UsageError). The matrix skips
+        a variant for the same reason, so this is the one place a technique's device needs are written."""
 
 
 @dataclass(frozen=True)

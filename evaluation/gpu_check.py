@@ -15,7 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from .config import UsageError, run_main
-from .matrix import VARIANTS, run_matrix
+from .matrix import run_matrix, variants
 
 PACKAGES = ("torch", "transformers", "bitsandbytes", "torchao", "apache-tvm", "nvidia-ml-py", "cuda-bindings")
 
@@ -90,7 +90,7 @@ def main(argv=None):
     common += ["--tokenizer-dir", args.tokenizer_dir] if args.tokenizer_dir else []
     common += ["--data-dir", args.data_dir] if args.data_dir else []
     env = environment()
-    outcomes = run_matrix(VARIANTS, out, common)
+    outcomes = run_matrix(list(variants()), out, common)
     text = table(outcomes, out, env)
     (out / "gpu_check.md").write_text(text)
     (out / "gpu_check.json").write_text(json.dumps({"environment": env, "outcomes": outcomes}, indent=2) + "\n")

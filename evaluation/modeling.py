@@ -84,14 +84,36 @@ def load_tokenizer(model_name: str, tokenizer_dir: str | None):
                          f"(offline?): {str(e).splitlines()[0]}")
 
 
+def preset_config(preset: str, **overrides):
+    """A preset's architecture (`overrides`: config fields changed, e.g. a cut num_hidden_layers for per-layer
+    profiling), marked as random weights: bench_weights travels in config.json, so a saved and reloaded preset stays
+    marked as random."""
+    from transformers import BioGptConfig
+
+    return BioGptConfig(**{**PRESETS[preset], **overrides}, bench_weights="random")
+
+
+def load_config(cfg: RunConfig):
+    """The model's architecture without its weights: a preset's, or the config.json of a directory or hub id."""
+    if cfg.model in PRESETS:
+        return preset_config(cfg.model)
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(cfg.model)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"model {cfg.model!r}: no config.json found locally or on the hub (offline?): "
+                         f"{str(e).splitlines()[0]}")
+
+
 def random_model(preset: str, seed: int, dtype: torch.dtype, device: torch.device, attn_implementation: str = "sdpa",
                  **overrides):
-    """Seeded random weights of the preset's architecture (`overrides`: config fields changed, e.g. a cut
-    num_hidden_layers for per-layer profiling), created directly on `device`."""
-    from transformers import BioGptConfig, BioGptForCausalLM
+    """Seeded random weights of the preset's architecture (`overrides`: see preset_config), created directly on
+    `device`."""
+    from transformers import BioGptForCausalLM
 
-    # bench_weights travels in config.json, so a saved and reloaded preset stays marked as random
-    config = BioGptConfig(**{**PRESETS[preset], **overrides}, torch_dtype=dtype, bench_weights="random")
+    config = preset_config(preset, **overrides)
+    config.torch_dtype = dtype
     config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
     with torch.device(device):

@@ -56,10 +56,17 @@ def run(cfg: RunConfig, apply=None, load=default_load) -> dict:
         raise KeyboardInterrupt(*(e.args or ("nothing written",))) from None
 
 
-def _run(cfg: RunConfig, apply, load) -> dict:
+def check_run(cfg: RunConfig) -> torch.device:
+    """The device this run will use, after everything that refuses a run on it before any data or model work
+    (the technique's own check, the attention kernels); the matrix skips a variant on the same grounds."""
     device = resolve_device(cfg.device)
-    cfg.options.check_device(device)  # before any data or model work
+    cfg.options.check(cfg, device)
     check_attention(cfg.attn_implementation, device)
+    return device
+
+
+def _run(cfg: RunConfig, apply, load) -> dict:
+    device = check_run(cfg)
     run_dir = check_output_dir(cfg)
     reference = check_reference(cfg.reference)
     questions = load_test_questions(cfg.data_dir, cfg.limit)

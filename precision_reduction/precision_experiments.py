@@ -49,7 +49,7 @@ class PrecisionOptions(Options):
     def dtype(self) -> str:
         return self.precision if self.precision in FLOAT_PRECISIONS else self.compute_dtype
 
-    def check_device(self, device):
+    def check(self, cfg, device):
         if self.precision == "fp8":
             check_fp8_device(device)
 
@@ -75,4 +75,4 @@ def apply(model, tokenizer, cfg, device, questions) -> Applied:
 
 
 if __name__ == "__main__":
-    main("precision", PrecisionOptions, apply, load, description=__doc__.splitlines()[0])
+    main("precision_reduction", PrecisionOptions, apply, load, description=__doc__.splitlines()[0])

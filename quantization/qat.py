@@ -118,7 +118,7 @@ class QATOptions(Options):
         return (f"qat-da8w{self.weights[3:]}" + (f"-g{self.group_size}" if self.group_size else "")
                 + ("-noconvert" if self.no_convert else ""))
 
-    def check_device(self, device):
+    def check(self, cfg, device):
         if self.bf16_autocast and device.type != "cuda":
             raise UsageError("--bf16-autocast is a CUDA option; this run is on the CPU")
 

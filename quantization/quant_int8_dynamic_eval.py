@@ -43,7 +43,7 @@ class PTQOptions(Options):
     def dtype(self) -> str:
         return "bfloat16" if self.scheme == "weight-only-int4" else "float32"  # tinygemm takes bfloat16 only
 
-    def check_device(self, device):
+    def check(self, cfg, device):
         if self.scheme == "weight-only-int4" and device.type != "cuda":
             raise UsageError(f"--scheme weight-only-int4 is not supported on {device.type}: torchao's int4 "
                              "weight-only kernels (tinygemm) need CUDA; use --device cuda or another scheme")

@@ -29,7 +29,7 @@ class AttentionOptions(DtypeOptions):
         return f"{self.kernel}-{self.dtype_name}"
 
 
-    def check_device(self, device):
+    def check(self, cfg, device):
         if self.kernel in CUDA_ONLY and device.type != "cuda":
             raise UsageError(f"--kernel {self.kernel} is a CUDA kernel; on a CPU use sdpa-math or sdpa-flash")
 
@@ -55,4 +55,4 @@ def apply(model, tokenizer, cfg, device, questions) -> Applied:
 
 
 if __name__ == "__main__":
-    main("attention", AttentionOptions, apply, description=__doc__.splitlines()[0])
+    main("tensor_rewriting", AttentionOptions, apply, description=__doc__.splitlines()[0])

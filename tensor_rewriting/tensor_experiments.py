@@ -85,7 +85,9 @@ class CompileOptions(DtypeOptions):
         return f"{self.backend}-{self.mode}-{self.dtype_name}"
 
 
-    def check_device(self, device):
+    def check(self, cfg, device):
+        if cfg.decode != "score":
+            raise UsageError("tensor_experiments compiles the score path; --decode generate is not supported")
         if self.backend == "cudagraphs" and device.type != "cuda":
             raise UsageError("--backend cudagraphs needs a CUDA device (CUDA graphs do not exist on CPU)")
 
@@ -105,8 +107,6 @@ def compile_forward(module, opts, device, shapes: int):
 def apply(model, tokenizer, cfg, device, questions) -> Applied:
     """Compile, warm every shape up (so compilation is setup, never a timed pass) and check against eager."""
     opts = cfg.options
-    if cfg.decode != "score":
-        raise UsageError("tensor_experiments compiles the score path; --decode generate is not supported")
     answer_ids = torch.tensor(answer_token_ids(tokenizer), device=device)
     buckets = None if opts.dynamic else opts.bucket_lengths
     batches = score_batches(model, tokenizer, questions, cfg.batch_size, buckets, cfg.prompt)

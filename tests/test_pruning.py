@@ -28,7 +28,7 @@ def ids():
 
 def run_in_process(base_args, *args) -> int:
     """The script as run from the command line, without paying the interpreter start-up again; its exit code."""
-    return run_script("pruning.pruning", [*base_args, *args])
+    return run_script("pruning.prune", [*base_args, *args])
 
 
 @pytest.mark.parametrize("sparsity", [0.1, 0.3, 0.5, 0.7])
