@@ -25,6 +25,7 @@ from .modeling import (DTYPES, check_attention, footprint_bytes, load_model, mod
 from .results import (check_output_dir, check_reference, check_reference_questions, environment, read_per_question,
                       write_run)
 from .stats import align, comparison_stats, run_stats
+from .telemetry import peak_memory
 from .tracking import Tracker
 
 
@@ -38,6 +39,8 @@ class Applied:
     curves: dict[str, list[dict]] | None = None  # per-step training records, logged to wandb as NAME/*
     after_passes: Callable[[], dict] | None = None  # figures only known after the timed passes (joins record)
     save: Callable[[Path], object] | None = None   # writes artifacts into the run directory once it exists
+    # the technique allocates outside PyTorch's caching allocator, so on a GPU its peak is NVML's
+    memory_outside_torch: bool = False
 
 
 def default_load(cfg: RunConfig, device: torch.device):
@@ -111,6 +114,7 @@ def evaluate_and_log(cfg: RunConfig, model, tokenizer, questions, run_dir: Path,
     metrics, rows, history = evaluate(model, tokenizer, questions, cfg, applied.forward or answer_logits,
                                       applied.buckets)
     metrics.update(load_s=load_s, setup_s=setup_s)
+    metrics["peak_memory"] = peak_memory(metrics, device.type, applied.memory_outside_torch)
     from .roofline import roofline  # here, not at import: `python -m evaluation.roofline` runs it as __main__
 
     metrics.update(roofline(metrics["achieved_tflops"], device, DTYPES[cfg.dtype]))
@@ -177,12 +181,14 @@ def timing_line(m: dict) -> str:
 
 
 def memory_line(m: dict, device_type: str) -> str:
-    t = m["telemetry"]
+    t, peak = m["telemetry"], m["peak_memory"]
+    memory = (f"  memory: {peak['mib']:,.0f} MiB {peak['source']}" if peak["mib"] is not None
+              else f"  memory: no {peak['source']} figure")
     if device_type == "cuda":
         energy = (f"energy {t['energy_j_per_question']:.3g} J/question, power {t['power_w_mean']:.0f} W mean"
                   if t.get("energy_j_per_question") is not None else f"no energy figure ({t['nvml_error']})")
-        return f"  memory: {m['torch_peak_allocated_mib']:,.0f} MiB peak allocated on the GPU; {energy}"
-    return f"  memory: {t['rss_peak_mib']:,.0f} MiB peak process RSS (no energy figure on a CPU)"
+        return f"{memory}; {energy}"
+    return f"{memory} (no energy figure on a CPU)"
 
 
 def summary_lines(cfg: RunConfig, results: dict, run_dir: Path) -> list[str]:

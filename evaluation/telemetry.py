@@ -189,8 +189,23 @@ class Sampler:
                    energy_j_per_question=energy / questions if energy is not None and questions else None,
                    energy_source=source, temp_c_mean=mean("temp_c"), temp_c_max=peak("temp_c"),
                    sm_clock_mhz_mean=mean("sm_clock_mhz"), failed_sensors=dict(self.failed))
-        # one line for readers that only show nvml_error (report.py's energy note): which sensors failed and why
+        # one line for readers that only show nvml_error (the report's energy note): which sensors failed and why
         out["nvml_error"] = "; ".join(f"{k}: {v}" for k, v in self.failed.items()) or self.error
         out["rss_peak_mib"] = self.process.memory_info().rss / 2**20
         out["cpu_util_mean"] = None
         return out
+
+
+TORCH_PEAK_ALLOCATED, NVML_PEAK_USED, RSS_PEAK = "torch peak allocated", "NVML peak used", "process peak RSS"
+
+
+def peak_memory(metrics: dict, device_type: str, outside_torch: bool) -> dict:
+    """The run's one peak-memory figure, {"mib", "source"}, from the harness' metrics: on a GPU torch's peak
+    allocated, or NVML's peak in use (CUDA context included) where the technique allocates outside PyTorch's
+    caching allocator, which torch would not see; on a CPU the process's peak RSS."""
+    telemetry = metrics.get("telemetry") or {}
+    if device_type != "cuda":
+        return {"mib": telemetry.get("rss_peak_mib"), "source": RSS_PEAK}
+    if outside_torch:
+        return {"mib": telemetry.get("gpu_mem_used_peak_mib"), "source": NVML_PEAK_USED}
+    return {"mib": metrics.get("torch_peak_allocated_mib"), "source": TORCH_PEAK_ALLOCATED}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import netrc
 import os
 import sys
+import time
 from pathlib import Path
 
 from .data import LABELS
@@ -24,6 +25,16 @@ def resolve_mode(requested: str) -> str:
     return "offline"
 
 
+def why_offline(requested: str) -> str:
+    """The reason prefix of the offline line: auto fell back to offline (not a choice the user made)."""
+    return "no API key or login found, so " if requested == "auto" and not os.environ.get("WANDB_MODE") else ""
+
+
+def offline_line(run, why: str, what: str) -> str:
+    where = run.dir.rsplit("/files", 1)[0]
+    return f"wandb: {why}{what} was logged offline in {where}; upload it with `wandb sync {where}`"
+
+
 def tags(cfg, weights: str) -> list[str]:
     return [cfg.technique, cfg.variant, cfg.decode, cfg.dtype, f"weights: {weights}"]
 
@@ -37,8 +48,7 @@ class Tracker:
         self.run, self.mode = None, resolve_mode(cfg.wandb)
         if self.mode == "disabled":
             return
-        auto_offline = cfg.wandb == "auto" and not os.environ.get("WANDB_MODE")
-        self.why_offline = "no API key or login found, so " if auto_offline else ""
+        self.why_offline = why_offline(cfg.wandb)
         try:
             import wandb
 
@@ -97,6 +107,29 @@ class Tracker:
         if self.run is not None:
             self._guard(self.run.finish)
             if self.mode == "offline":
-                where = self.run.dir.rsplit("/files", 1)[0]
-                print(f"wandb: {self.why_offline}the run was logged offline in {where}; "
-                      f"upload it with `wandb sync {where}`")
+                print(offline_line(self.run, self.why_offline, "the run"))
+
+
+def log_report(requested: str, project: str, rows: list[dict], failed: list[dict], plots: list[Path], out: Path):
+    """The report as a wandb run of job_type=report: its rows as a table (the report's row fields, statistics
+    under stats.flat_summary's names: accuracy_ci_low, mcnemar_p, speedup_ci_low, ...), the failed runs and the
+    plots. Silent like Tracker; one line says where it went. wandb trouble is printed, never raised."""
+    mode = resolve_mode(requested)
+    if mode == "disabled":
+        return
+    try:
+        import wandb
+
+        run = wandb.init(project=project, job_type="report", name=f"report-{time.strftime('%Y%m%d-%H%M%S')}",
+                         mode=mode, dir=str(out), settings=wandb.Settings(silent=True))
+        cols = [k for k in rows[0] if k != "path"] if rows else ["run"]
+        data = {"report": wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])}
+        fcols = ["run", "skipped", "returncode", "reason", "command", "stderr_tail"]
+        data["failed_runs"] = wandb.Table(columns=fcols, data=[[f.get(c) for c in fcols] for f in failed])
+        data.update({p.stem: wandb.Image(str(p)) for p in plots})
+        run.log(data)
+        where = f"wandb: the report was logged to {run.url}" if mode == "online" else None
+        run.finish()
+        print(where or offline_line(run, why_offline(requested), "the report"))
+    except Exception as e:
+        print(f"wandb: report not logged ({type(e).__name__}: {e}); it is on disk", file=sys.stderr)

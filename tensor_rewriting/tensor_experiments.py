@@ -132,7 +132,8 @@ def apply(model, tokenizer, cfg, device, questions) -> Applied:
     after = lambda: {"recompilations_in_passes": compiled.stats()["compilations"] - stats["compilations"]}  # noqa: E731
     return Applied(forward=forward, buckets=buckets, after_passes=after,
                    record={"shapes": "dynamic" if opts.dynamic else "static", "compiled_shapes": shapes,
-                           "compile": stats, "eager_check": check})
+                           "compile": stats, "eager_check": check},
+                   memory_outside_torch=opts.backend == "tvm")  # TVM allocates its own device memory
 
 
 if __name__ == "__main__":

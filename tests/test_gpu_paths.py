@@ -74,7 +74,7 @@ def test_a_failing_sensor_is_skipped_and_the_others_keep_sampling(nvml):
     assert out["gpu_mem_used_peak_mib"] == 3 * 1024 and out["sm_clock_mhz_mean"] == 1800
     assert out["energy_j"] == pytest.approx(4.0) and out["energy_j_per_question"] == pytest.approx(1.0)
     assert out["energy_source"] == "nvml_total_energy_counter"
-    assert "gpu_util" in out["nvml_error"]  # the one-line reason report.py shows
+    assert "gpu_util" in out["nvml_error"]  # the one-line reason the report shows
 
 
 def test_energy_from_the_counter_even_when_every_sampled_sensor_fails(nvml):

@@ -134,6 +134,7 @@ def test_results_files_written(baseline_run, data_dir):
         assert metrics["latency_question_ms"][key] > 0
     assert metrics["throughput_qps"] > 0 and metrics["cold_pass_s"] > 0 and metrics["load_s"] > 0
     assert metrics["telemetry"]["nvml_error"] and metrics["telemetry"]["rss_peak_mib"] > 0
+    assert metrics["peak_memory"] == {"mib": metrics["telemetry"]["rss_peak_mib"], "source": "process peak RSS"}
     assert results["environment"]["torch"] == torch.__version__
     assert results["model"]["footprint_bytes"] == 4 * results["model"]["parameters"]
     predictions = json.loads((run_dir / "predictions.json").read_text())

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from evaluation.metrics import UNPARSED, classification_metrics, fidelity
-from evaluation.telemetry import Sampler, latency_stats
+from evaluation.telemetry import Sampler, latency_stats, peak_memory
 
 
 def test_metrics_hand_checked():
@@ -49,6 +49,17 @@ def test_cpu_run_records_rss_and_reason_instead_of_nvml():
     assert out["nvml_error"] and "CPU" in out["nvml_error"]
     assert out["energy_j"] is None and out["power_w_mean"] is None
     assert out["rss_peak_mib"] > 0
+
+
+def test_peak_memory_names_its_source():
+    """One figure per run: torch's peak on a GPU, NVML's where the technique allocates outside PyTorch (torch would
+    see almost nothing of it), the process RSS on a CPU; a missing figure stays missing, with its source."""
+    metrics = {"torch_peak_allocated_mib": 50.0, "telemetry": {"gpu_mem_used_peak_mib": 5400.0, "rss_peak_mib": 900.0}}
+    assert peak_memory(metrics, "cuda", False) == {"mib": 50.0, "source": "torch peak allocated"}
+    assert peak_memory(metrics, "cuda", True) == {"mib": 5400.0, "source": "NVML peak used"}
+    assert peak_memory(metrics, "cpu", True) == {"mib": 900.0, "source": "process peak RSS"}
+    assert peak_memory({"telemetry": {"gpu_mem_used_peak_mib": None}}, "cuda", True) == {
+        "mib": None, "source": "NVML peak used"}
 
 
 def test_nvml_failure_never_ends_a_run(monkeypatch):

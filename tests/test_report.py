@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from evaluation import report, report_plots
+from evaluation import report
+from evaluation.config import UsageError, run_main
+from evaluation.report import plots as report_plots
 
 ROOT = Path(__file__).resolve().parents[1]
 PMIDS_20 = [str(10_000_000 + 7 * i) for i in range(20)]
@@ -24,7 +26,7 @@ TEMPLATE = {
     "model": {"parameters": 1000, "footprint_bytes": 4000 * 2**10, "bytes_per_parameter": 4.0, "weights": "random"},
     "metrics": {"n": 20, "accuracy": 0.35, "macro_f1": 0.22,
                 "latency_question_ms": {"p50": 20.0, "p99": 30.0}, "throughput_qps": 50.0,
-                "torch_peak_allocated_mib": None,
+                "torch_peak_allocated_mib": None, "peak_memory": {"mib": 600.0, "source": "process peak RSS"},
                 "telemetry": {"nvml_error": "NVML not used: the run is on the CPU", "energy_j_per_question": None,
                               "rss_peak_mib": 600.0}},
 }
@@ -57,6 +59,8 @@ def make_run(root: Path, name: str, *, technique="baseline", variant="fp32-eager
         m["telemetry"].update(nvml_error=None, energy_j_per_question=energy, rss_peak_mib=2000.0)
     else:
         m["telemetry"]["rss_peak_mib"] = peak
+    if "peak_memory" not in (metrics or {}):  # as the runner records it (evaluation.telemetry.peak_memory)
+        m["peak_memory"] = {"mib": peak, "source": "torch peak allocated" if device == "cuda" else "process peak RSS"}
     if agreement is not None:
         m["fidelity"] = {"agreement": agreement, "mean_kl": (100 - agreement) / 100, "reference": str(root / reference)}
     for key in drop:
@@ -88,7 +92,8 @@ def results_root(tmp_path):
              p50=10.0, peak=300.0, agreement=90.0, reference="baseline-cpu")
     # no telemetry at all, no latency: must still be listed
     make_run(root, "pruning-old", technique="pruning", variant="unstructured-0.5", qps=40.0,
-             drop=("metrics.telemetry", "metrics.latency_question_ms", "model.footprint_bytes"), agreement=70.0, reference="baseline-cpu")
+             drop=("metrics.telemetry", "metrics.latency_question_ms", "metrics.peak_memory", "model.footprint_bytes"),
+             agreement=70.0, reference="baseline-cpu")
     make_run(root, "baseline-gpu", device="cuda", qps=400.0, p50=2.5, peak=4000.0, energy=0.20)
     make_run(root, "precision-bf16-gpu", technique="precision", variant="bfloat16", device="cuda", qps=1200.0,
              p50=0.8, peak=2000.0, energy=0.05, agreement=95.0, reference="baseline-gpu")
@@ -146,8 +151,8 @@ def test_report_groups_ratios_and_failures(results_root, tmp_path):
     assert rows["precision-bf16-gpu"]["mem_ratio"] == pytest.approx(0.5)
     assert rows["tensor-inductor-10q"]["speedup"] is None
     # peak memory says where it came from; energy only with NVML
-    assert rows["precision-bf16-cpu"]["peak_source"] == "CPU RSS"
-    assert rows["precision-bf16-gpu"]["peak_source"] == "GPU allocated"
+    assert rows["precision-bf16-cpu"]["peak_source"] == "process peak RSS"
+    assert rows["precision-bf16-gpu"]["peak_source"] == "torch peak allocated"
     assert rows["precision-bf16-gpu"]["energy_j_per_q"] == 0.05
     assert "NVML not used" in rows["precision-bf16-cpu"]["energy_note"]
     # missing fields are missing, not invented
@@ -203,18 +208,22 @@ def test_pareto_front():
 
 
 def test_no_runs_is_a_usage_error(tmp_path, capsys):
-    with pytest.raises(report.UsageError, match="no results.json or error.json under"):
+    with pytest.raises(UsageError, match="no results.json or error.json under"):
         report.main([str(tmp_path), "--wandb", "disabled"])
     with pytest.raises(SystemExit) as exit_:  # as `python -m evaluation.report` ends: one line, exit code 2
-        report.run_main(lambda: report.main([str(tmp_path / "missing")]))
+        run_main(lambda: report.main([str(tmp_path / "missing")]))
     assert exit_.value.code == 2
     assert capsys.readouterr().err == f"error: results directory not found: {tmp_path / 'missing'}\n"
 
 
-def test_wandb_offline_table(results_root, tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_SILENT", "true")
+def test_wandb_offline_table(results_root, tmp_path, monkeypatch, capfd):
+    monkeypatch.delenv("WANDB_SILENT", raising=False)
     report.main([str(results_root), "--out", str(tmp_path / "out"), "--wandb", "offline"])
     (run,) = (tmp_path / "out" / "wandb").glob("offline-run-*")
+    captured = capfd.readouterr()
+    # silent like a run's Tracker: no wandb banner, one line saying where the report's run is
+    assert [x for x in (captured.out + captured.err).splitlines() if x.startswith("wandb")] == [
+        f"wandb: the report was logged offline in {run}; upload it with `wandb sync {run}`"]
     tables = {p.name.split("_0_")[0] for p in run.glob("files/media/table/*.table.json")}
     assert tables == {"report", "failed_runs"}
     table = json.loads(next(run.glob("files/media/table/report_*.table.json")).read_text())
@@ -234,7 +243,7 @@ def test_report_on_a_real_baseline_run(base_args, tmp_path):
     (row,) = rep["rows"]
     assert row["technique"] == "baseline" and row["weights"] == "random" and row["n"] == 6
     assert row["p50_ms"] > 0 and row["qps"] > 0 and row["speedup"] == pytest.approx(1.0)
-    assert row["peak_source"] == "CPU RSS" and row["peak_mib"] > 0 and row["energy_j_per_q"] is None
+    assert row["peak_source"] == "process peak RSS" and row["peak_mib"] > 0 and row["energy_j_per_q"] is None
     assert "(random)" in (tmp_path / "out" / "report.md").read_text()
 
 
@@ -387,7 +396,8 @@ def test_memory_plot_uses_footprint_on_cpu_and_nvml_for_tvm_on_gpu(tmp_path):
         "gpu_mem_used_peak_mib": 4500.0, "energy_j_per_question": 0.2, "nvml_error": None}})
     make_run(root, "tensor-tvm", device="cuda", technique="tensor_rewriting", variant="tvm-default", peak=50.0,
              options={"backend": "tvm", "mode": "default"}, metrics={"telemetry": {
-                 "gpu_mem_used_peak_mib": 5400.0, "energy_j_per_question": 0.3, "nvml_error": None}})
+                 "gpu_mem_used_peak_mib": 5400.0, "energy_j_per_question": 0.3, "nvml_error": None},
+                 "peak_memory": {"mib": 5400.0, "source": "NVML peak used"}})
     rep = report.build_report([root], root)
     rows = rows_by_run(rep)
     groups = rep["plot_info"]["memory_vs_throughput"]["groups"]
@@ -395,11 +405,11 @@ def test_memory_plot_uses_footprint_on_cpu_and_nvml_for_tvm_on_gpu(tmp_path):
     assert cpu["values"] == {"baseline-cpu": 16.0, "int4-cpu": 4.0} and "footprint" in cpu["ylabel"]
     assert rows["int4-cpu"]["mem_ratio"] == pytest.approx(0.25)
     assert gpu["values"] == {"baseline-gpu": 4000.0, "tensor-tvm": 5400.0}
-    assert gpu["sources"]["tensor-tvm"] == "NVML used" and "NVML" in gpu["ylabel"]
+    assert gpu["sources"]["tensor-tvm"] == "NVML peak used" and "NVML" in gpu["ylabel"]
     assert rows["tensor-tvm"]["mem_ratio"] == pytest.approx(5400 / 4500)  # NVML against the baseline's NVML
     md = (root / "report.md").read_text()
     assert cell(md, "tensor-tvm", "peak MiB") == "5,400 (NVML)"
-    assert "TVM allocates outside PyTorch's allocator" in md
+    assert "for runs that allocate outside PyTorch's allocator" in md
 
 
 def test_repeats_whose_timings_disagree_are_flagged(tmp_path):

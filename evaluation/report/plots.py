@@ -1,14 +1,16 @@
 """The report's PNG plots (matplotlib, Agg): one panel per comparable group of runs.
 
 quality (accuracy 0-1, or agreement in % with the group's baseline for random weights) against latency with the
-Pareto front; memory against throughput (GPU: torch's peak allocated, NVML's peak for TVM; CPU: the model
-footprint); energy per question (NVML) by run. Random-weight runs are hollow / hatched. Every panel lists the runs
-of its group it leaves out and why; make_plots also returns that, for report.md.
+Pareto front; memory against throughput (GPU: the run's peak memory, NVML's where it allocates outside PyTorch;
+CPU: the model footprint); energy per question (NVML) by run. Random-weight runs are hollow / hatched. Every panel
+lists the runs of its group it leaves out and why; make_plots also returns that, for report.md.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
+
+from ..telemetry import NVML_PEAK_USED
 
 
 def technique_colors(rows: list[dict]) -> dict:
@@ -56,11 +58,11 @@ def scatter(ax, rows, xs, ys, colors):
     for r, x, y in zip(rows, xs, ys):
         c = colors[r["technique"]]
         random = r["weights"] == "random"
-        marker = "*" if r["technique"] == "baseline" else "^" if r.get("tvm") else "o"
+        marker = "*" if r["technique"] == "baseline" else "^" if r["nvml_peak"] else "o"
         ax.scatter([x], [y], s=60 if r["technique"] != "baseline" else 140, marker=marker,
                    facecolors="none" if random else [c], edgecolors=[c], linewidths=1.6, zorder=3)
-        label = ax.annotate(str(r["plot_id"]) + ("!" if r.get("repeat_flag") else ""), (x, y), xytext=(5, 3), textcoords="offset points", fontsize=8,
-                            color=c, fontweight="bold",
+        label = ax.annotate(str(r["plot_id"]) + ("!" if r.get("repeat_flag") else ""), (x, y), xytext=(5, 3),
+                            textcoords="offset points", fontsize=8, color=c, fontweight="bold",
                             arrowprops=dict(arrowstyle="-", color=c, alpha=0.4, lw=0.6, shrinkA=0, shrinkB=4))
         label.set_gid("point-label")
     for i, r in enumerate(sorted(rows, key=lambda r: r["plot_id"])):
@@ -231,8 +233,8 @@ def memory_of(r: dict) -> tuple:
         return None, "no throughput recorded"
     if r["mem_mib"] is None:
         return None, {"footprint": "no model.footprint_bytes recorded",
-                      "NVML used": "TVM run without NVML's gpu_mem_used_peak_mib (torch's peak misses TVM's memory)",
-                      "GPU allocated": "no torch_peak_allocated_mib recorded"}[r["mem_source"]]
+                      NVML_PEAK_USED: "no NVML peak recorded (the run allocates outside PyTorch: torch's peak "
+                                      "would miss its memory)"}.get(r["mem_source"], "no metrics.peak_memory recorded")
     return r["mem_mib"], None
 
 
@@ -247,8 +249,8 @@ def plot_memory_vs_throughput(rows, groups, colors, path: Path) -> tuple[Path, d
             (left.append((r, why)) if why else pts.append(r))
         if g["device_type"] == "cuda":
             ylabel = "peak GPU memory (MiB): torch peak allocated"
-            if any(r["tvm"] for r in members):
-                ylabel += ";\nTVM (▲): NVML peak in use, CUDA context included"
+            if any(r["nvml_peak"] for r in members):
+                ylabel += ";\n▲: NVML peak in use (allocates outside PyTorch), CUDA context included"
             title_note = ""
         else:
             ylabel = "model footprint (MiB, weights as stored)"
@@ -275,9 +277,10 @@ def plot_memory_vs_throughput(rows, groups, colors, path: Path) -> tuple[Path, d
     if any(r["device_type"] != "cuda" for r in rows):
         info["notes"].append("CPU groups plot the model footprint (results.json `model.footprint_bytes`); the peak "
                              "RSS is in the table.")
-    if any(r["tvm"] and r["device_type"] == "cuda" for r in rows):
-        info["notes"].append("TVM runs on a GPU plot NVML's peak memory in use (`telemetry.gpu_mem_used_peak_mib`): "
-                             "TVM allocates outside PyTorch's allocator, so torch's peak would miss it.")
+    if any(r["nvml_peak"] for r in rows):
+        info["notes"].append("Runs marked ▲ allocate outside PyTorch's allocator, so torch's peak would miss their "
+                             "memory: they plot NVML's peak memory in use (`metrics.peak_memory`), CUDA context "
+                             "included.")
     return save(fig, path), info
 
 
