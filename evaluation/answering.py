@@ -26,13 +26,14 @@ def target_text(label: str) -> str:
 LEARNED_PROMPT_LENGTH = 9  # BioGPT's --learned-prompt 9: fairseq appended learned1..learned9 after the vocabulary
 
 
-def prompt_ids(tokenizer, model, form: str = "auto") -> list[int]:
+def prompt_ids(tokenizer, config, form: str = "auto") -> list[int]:
     """The learned soft-prompt ids that go between source and target, or [] for the plain form.
 
     BioGPT-Large-PubMedQA was fine-tuned with 9 learned prompt tokens that fairseq appended to the dictionary, so
     its embedding holds 9 rows more than the Hugging Face tokenizer has ids: those rows, V..V+8, are the prompt.
-    form: auto (learned when the model has exactly those rows), learned (required), plain (never)."""
-    vocab, rows = len(tokenizer), model.config.vocab_size
+    `config`: the model's (its embedding rows); form: auto (learned when the model has exactly those rows), learned
+    (required), plain (never)."""
+    vocab, rows = len(tokenizer), config.vocab_size
     learned = list(range(vocab, vocab + LEARNED_PROMPT_LENGTH)) if rows == vocab + LEARNED_PROMPT_LENGTH else []
     if form == "learned" and not learned:
         raise UsageError(f"--prompt learned needs a model with the tokenizer's {vocab} ids plus "
@@ -130,6 +131,27 @@ def pad_batch(rows: list[list[int]], indices: list[int], width: int, pad_id: int
     last = torch.full_like(real, width - 1) if left_pad else real - 1
     return Batch(list(indices), ids.to(device), mask.to(device), last.to(device), positions.to(device),
                  int(real.sum()), len(rows) * width)
+
+
+@dataclass
+class Prompts:
+    """The questions encoded and batched for one decode mode: what every pass over them runs."""
+    ids: list[list[int]]
+    truncated: list[int]         # tokens cut from each source to fit the model's positions
+    batches: list[Batch]
+    answer_ids: torch.Tensor     # yes, no, maybe
+
+
+def encode_all(tokenizer, config, questions: list[Question], decode: str, batch_size: int, prompt: list[int],
+               device: torch.device, max_new_tokens: int = 0, buckets: list[int] | None = None) -> Prompts:
+    """Every question as BioGPT's prompt (score: ending in the answer prefix; generate: before it, with room for
+    max_new_tokens), in token-budget batches on `device` (padded up to `buckets` for static-shape code)."""
+    generate = decode == "generate"
+    max_len = config.max_position_embeddings - (max_new_tokens if generate else 0)
+    encoded = [encode_prompt(tokenizer, q, "" if generate else ANSWER_PREFIX, max_len, prompt) for q in questions]
+    ids = [e[0] for e in encoded]
+    batches = make_batches(ids, batch_size, tokenizer.pad_token_id, left_pad=generate, device=device, buckets=buckets)
+    return Prompts(ids, [e[1] for e in encoded], batches, torch.tensor(answer_token_ids(tokenizer), device=device))
 
 
 def full_attention_mask(model, mask: torch.Tensor, q_length: int) -> torch.Tensor:

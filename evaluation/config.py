@@ -44,6 +44,11 @@ class Options:
     def dtype(self) -> str:
         return "float32"
 
+    def batch_buckets(self) -> list[int] | None:
+        """Sequence lengths every batch is padded up to (static-shape compiled code: one compilation per shape);
+        None: token-budget batches as they are."""
+        return None
+
     def check(self, cfg: "RunConfig", device) -> None:
         """Refuse, before any loading, what this run cannot do on this device (raise UsageError). The matrix skips
         a variant for the same reason, so this is the one place a technique's device needs are written."""

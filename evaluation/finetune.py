@@ -7,7 +7,7 @@ import random
 import torch
 from tqdm.auto import tqdm
 
-from .answering import encode_prompt, prompt_ids, target_text
+from .answering import encode_prompt, target_text
 from .data import Question
 from .modeling import model_device
 
@@ -33,9 +33,9 @@ def collate(examples, pad_id: int, device) -> dict:
 
 def finetune(model, tokenizer, train: list[Question], *, steps: int, test_pmids: set[str], batch_size: int = 4,
              lr: float = 1e-5, grad_accum: int = 1, warmup_fraction: float = 0.1, bf16_autocast: bool = False,
-             seed: int = 0, log=None, prompt: str = "auto") -> list[dict]:
+             seed: int = 0, log=None, prompt_ids: list[int] = ()) -> list[dict]:
     """Train `steps` optimizer steps on `train`; `log(dict, step)` gets loss and learning rate per step.
-    `prompt`: the run's --prompt form, so training sees the prompt the evaluation will use.
+    `prompt_ids`: the run's learned soft-prompt ids (or none), so training sees the prompt the evaluation will use.
 
     `test_pmids` is checked against `train`: fine-tuning on a test question is refused.
     Masks that torch.nn.utils.prune keeps as forward pre-hooks stay fixed: only the unmasked weights learn.
@@ -49,7 +49,7 @@ def finetune(model, tokenizer, train: list[Question], *, steps: int, test_pmids:
         raise ValueError(f"{len(leaked)} test PMIDs in the fine-tuning data, e.g. {sorted(leaked)[0]}")
     device = model_device(model)
     max_len = model.config.max_position_embeddings
-    examples = [training_example(tokenizer, q, max_len, prompt_ids(tokenizer, model, prompt)) for q in train]
+    examples = [training_example(tokenizer, q, max_len, prompt_ids) for q in train]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     schedule = get_linear_schedule_with_warmup(optimizer, int(warmup_fraction * steps), steps)

@@ -9,12 +9,10 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .answering import (ANSWER_PREFIX, answer_logits, answer_token_ids, encode_prompt, greedy_generate,
-                        make_batches, parse_answer, prompt_ids)
+from .answering import Prompts, answer_logits, greedy_generate, parse_answer
 from .config import RunConfig
 from .data import LABELS, Question
 from .metrics import UNPARSED, classification_metrics
-from .modeling import model_device
 from .telemetry import Clock, Sampler, latency_stats
 
 
@@ -76,28 +74,6 @@ def forward_flops(config, lengths: list[int], questions: int) -> float:
     return matmul + attention + 2 * h * config.vocab_size * questions
 
 
-@dataclass
-class Prompts:
-    """The questions encoded and batched for one decode mode."""
-    ids: list[list[int]]
-    truncated: list[int]
-    batches: list
-    answer_ids: torch.Tensor
-
-
-def encode_all(model, tokenizer, questions: list[Question], cfg: RunConfig, buckets=None) -> Prompts:
-    device = model_device(model)
-    generate = cfg.decode == "generate"
-    max_len = model.config.max_position_embeddings - (cfg.max_new_tokens if generate else 0)
-    prompt = prompt_ids(tokenizer, model, cfg.prompt)
-    encoded = [encode_prompt(tokenizer, q, "" if generate else ANSWER_PREFIX, max_len, prompt) for q in questions]
-    ids = [e[0] for e in encoded]
-    batches = make_batches(ids, cfg.batch_size, tokenizer.pad_token_id, left_pad=generate, device=device,
-                           buckets=buckets)
-    return Prompts(ids, [e[1] for e in encoded], batches,
-                   torch.tensor(answer_token_ids(tokenizer), device=device))
-
-
 def passes_needed(min_passes: int, min_duration: float, done: int, elapsed_s: float, last_pass_s: float) -> int:
     """How many timed passes the phase will take, as far as is known now: --min-passes, or more when
     --min-duration needs them at the last pass's pace (re-estimated after every pass, so the ETA stays honest)."""
@@ -113,25 +89,24 @@ def cold_pass(one_pass, n: int):
         return cold, time.perf_counter() - t0
 
 
-def run_passes(one_pass, n: int, cfg: RunConfig, device: torch.device):
-    """The cold pass (accuracy, predictions), then timed passes until --min-passes and --min-duration are met,
-    with the sampler on. (cold pass, its seconds, timed passes, their seconds, telemetry). --min-passes 0: no
+def run_passes(one_pass, n: int, min_passes: int, min_duration: float, device: torch.device):
+    """The cold pass (accuracy, predictions), then timed passes until min_passes and min_duration (seconds) are
+    met, with the sampler on. (cold pass, its seconds, timed passes, their seconds, telemetry). min_passes 0: no
     timed phase; the sampler watches the cold pass instead."""
-    if cfg.min_passes == 0:
+    if min_passes == 0:
         with Sampler(device) as sampler:
             cold, cold_s = cold_pass(one_pass, n)
         return cold, cold_s, [], [], sampler.summary(n)
     cold, cold_s = cold_pass(one_pass, n)
-    min_duration = cfg.min_duration if cfg.min_duration is not None else (10.0 if device.type == "cuda" else 0.0)
     passes, pass_s = [], []
-    total = passes_needed(cfg.min_passes, min_duration, 0, 0.0, cold_s)
+    total = passes_needed(min_passes, min_duration, 0, 0.0, cold_s)
     with Sampler(device) as sampler, tqdm(total=total, desc="timed passes", unit="pass") as bar:
         t_start = time.perf_counter()
-        while len(passes) < cfg.min_passes or time.perf_counter() - t_start < min_duration:
+        while len(passes) < min_passes or time.perf_counter() - t_start < min_duration:
             t0 = time.perf_counter()
             passes.append(one_pass())
             pass_s.append(time.perf_counter() - t0)
-            bar.total = passes_needed(cfg.min_passes, min_duration, len(passes), time.perf_counter() - t_start,
+            bar.total = passes_needed(min_passes, min_duration, len(passes), time.perf_counter() - t_start,
                                       pass_s[-1])
             bar.update(1)
     return cold, cold_s, passes, pass_s, sampler.summary(n * len(passes))
@@ -188,22 +163,20 @@ def question_rows(questions: list[Question], prompts: Prompts, cold: Pass, first
     return rows
 
 
-def evaluate(model, tokenizer, questions: list[Question], cfg: RunConfig, forward=answer_logits,
-             buckets: list[int] | None = None):
-    """(metrics, per-question rows, per-batch history of the first timed pass). `forward(model, batch,
-    answer_ids)` -> [B, 3] logits; `buckets`: pad each batch's length up to one of these (for compiled code)."""
-    device = model_device(model)
-    prompts = encode_all(model, tokenizer, questions, cfg, buckets)
+def evaluate(model, cfg: RunConfig, run, forward=answer_logits):
+    """(metrics, per-question rows, per-batch history of the first timed pass) of `model` over the run's prompts
+    (run: the runner's Resolved record). `forward(model, batch, answer_ids)` -> [B, 3] logits."""
+    prompts, device, questions = run.prompts, run.device, run.questions
     clock, n = Clock(device), len(questions)
 
     def one_pass(progress=None) -> Pass:
         if cfg.decode == "generate":
-            return generate_pass(model, prompts.batches, n, tokenizer, cfg.max_new_tokens, clock, progress)
+            return generate_pass(model, prompts.batches, n, run.tokenizer, cfg.max_new_tokens, clock, progress)
         return score_pass(model, prompts.batches, n, prompts.answer_ids, clock, forward, progress)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    cold, cold_s, passes, pass_s, telemetry = run_passes(one_pass, n, cfg, device)
+    cold, cold_s, passes, pass_s, telemetry = run_passes(one_pass, n, cfg.min_passes, run.min_duration_s, device)
     metrics = classification_metrics([q.label for q in questions], cold.predictions)
     metrics.update(timing_metrics(model, prompts, n, cold, cold_s, passes, pass_s))
     metrics["timed_pass_agreement"] = (100.0 * sum(p.predictions == cold.predictions for p in passes) / len(passes)
@@ -216,5 +189,3 @@ def evaluate(model, tokenizer, questions: list[Question], cfg: RunConfig, forwar
     history = [{"index": k, "size": len(b.indices), "seq_len": b.input_ids.shape[1], "latency_ms": ms,
                 "real_tokens": b.real_tokens} for k, (b, ms) in enumerate(zip(prompts.batches, first.batch_ms))]
     return metrics, question_rows(questions, prompts, cold, first), history
-
-

@@ -93,8 +93,19 @@ def preset_config(preset: str, **overrides):
     return BioGptConfig(**{**PRESETS[preset], **overrides}, bench_weights="random")
 
 
+def check_model_name(name: str) -> None:
+    """A preset, an existing directory, or something shaped like a hub id (owner/name); refused otherwise."""
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1
+    if name not in PRESETS and looks_local and not Path(name).is_dir():
+        raise UsageError(f"model directory not found: {name} (presets: {', '.join(PRESETS)})")
+    if name not in PRESETS and "/" not in name and not Path(name).is_dir():
+        raise UsageError(f"unknown preset or model {name!r}; presets: {', '.join(PRESETS)}, "
+                         "or a hub id like microsoft/BioGPT-Large-PubMedQA, or a local directory")
+
+
 def load_config(cfg: RunConfig):
     """The model's architecture without its weights: a preset's, or the config.json of a directory or hub id."""
+    check_model_name(cfg.model)
     if cfg.model in PRESETS:
         return preset_config(cfg.model)
     from transformers import AutoConfig
@@ -102,7 +113,7 @@ def load_config(cfg: RunConfig):
     try:
         return AutoConfig.from_pretrained(cfg.model)
     except (OSError, ValueError) as e:
-        raise UsageError(f"model {cfg.model!r}: no config.json found locally or on the hub (offline?): "
+        raise UsageError(f"model {cfg.model!r} not found locally or reachable on the hub (offline?): "
                          f"{str(e).splitlines()[0]}")
 
 
@@ -151,31 +162,14 @@ def load_pretrained(name: str, dtype: torch.dtype, device: torch.device, attn_im
 
 
 def load_model(cfg: RunConfig, device: torch.device, dtype: str | None = None, **kwargs):
-    """(model, tokenizer) for cfg.model in `dtype` (default: the run's) on `device`; kwargs go to from_pretrained."""
+    """cfg.model's weights in `dtype` (default: the run's) on `device`; kwargs go to from_pretrained. The name was
+    checked and the tokenizer loaded already (evaluation.resolve)."""
     dtype = dtype or cfg.dtype
     if dtype not in DTYPES:
         raise UsageError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
-    tokenizer = load_tokenizer(cfg.model, cfg.tokenizer_dir)
-    looks_local = cfg.model.startswith((".", "/", "~")) or cfg.model.count("/") > 1
-    if cfg.model not in PRESETS and looks_local and not Path(cfg.model).is_dir():
-        raise UsageError(f"model directory not found: {cfg.model} "
-                         f"(presets: {', '.join(PRESETS)})")
     if cfg.model in PRESETS:
-        model = random_model(cfg.model, cfg.seed, DTYPES[dtype], device, cfg.attn_implementation)
-    elif "/" not in cfg.model and not Path(cfg.model).is_dir():
-        raise UsageError(f"unknown preset or model {cfg.model!r}; presets: {', '.join(PRESETS)}, "
-                         "or a hub id like microsoft/BioGPT-Large-PubMedQA, or a local directory")
-    else:
-        model = load_pretrained(cfg.model, DTYPES[dtype], device, cfg.attn_implementation, **kwargs)
-    if len(tokenizer) > model.config.vocab_size:  # more rows than ids is fine: BioGPT's learned prompt lives there
-        raise UsageError(f"tokenizer has {len(tokenizer)} ids but the model only {model.config.vocab_size} embedding "
-                         "rows: wrong --tokenizer-dir?")
-    return model, tokenizer
-
-
-def weights_kind(model) -> str:
-    """"random" for a preset's seeded weights (also after save and reload), else "real"."""
-    return getattr(model.config, "bench_weights", "real")
+        return random_model(cfg.model, cfg.seed, DTYPES[dtype], device, cfg.attn_implementation)
+    return load_pretrained(cfg.model, DTYPES[dtype], device, cfg.attn_implementation, **kwargs)
 
 
 def model_device(model) -> torch.device:

@@ -141,26 +141,6 @@ def write_run(run_dir: Path, results: dict, rows: list[dict]) -> Path:
     return run_dir
 
 
-def check_reference_questions(reference: Path | None, pmids: list[str]) -> None:
-    """A reference must have answered exactly these questions: comparing a silent overlap would mislead."""
-    if reference is None:
-        return
-    theirs = set(read_per_question(reference))
-    if theirs != set(pmids):
-        raise UsageError(f"--reference {reference} answered {len(theirs)} questions, this run {len(pmids)} "
-                         f"({len(theirs & set(pmids))} in common): run both over the same --limit and data")
-
-
-def check_reference(path: str | None) -> Path | None:
-    if path is None:
-        return None
-    p = Path(path)
-    p = p.parent if p.name == "results.json" else p
-    if not (p / "per_question.csv").is_file():
-        raise UsageError(f"--reference {path}: no per_question.csv there (expected an earlier run directory)")
-    return p
-
-
 def read_per_question(run_dir: Path) -> dict[str, dict]:
     """PMID -> {"prediction", "gold", "logits"} from a run directory's per-question CSV."""
     out = {}

@@ -7,7 +7,7 @@
 """
 from dataclasses import dataclass
 
-from evaluation import Applied, Options, UsageError, load_model, load_tokenizer, main, option, require_all_converted
+from evaluation import Applied, Options, UsageError, load_model, main, option, require_all_converted
 from precision_reduction.precisions import BNB_TYPES, FLOAT_PRECISIONS, PRECISIONS, check_fp8_device, load_bnb, to_fp8
 
 
@@ -56,15 +56,13 @@ class PrecisionOptions(Options):
 
 def load(cfg, device):
     """bitsandbytes quantizes while it loads: that load is the technique's own step (apply), timed as setup."""
-    if cfg.options.precision in BNB_TYPES:
-        return None, load_tokenizer(cfg.model, cfg.tokenizer_dir)
-    return load_model(cfg, device)
+    return None if cfg.options.precision in BNB_TYPES else load_model(cfg, device)
 
 
-def apply(model, tokenizer, cfg, device, questions) -> Applied:
+def apply(model, cfg, run) -> Applied:
     opts = cfg.options
     if opts.precision in BNB_TYPES:
-        model = load_bnb(cfg, device)
+        model = load_bnb(cfg, run.device)
         return Applied(model=model, record={
             "quantized_while_loading": True, "linears": require_all_converted(model, f"bitsandbytes {opts.precision}")})
     if opts.precision == "fp8":

@@ -53,9 +53,8 @@ def load_bnb(cfg, device):
     """The model with bitsandbytes layers, loaded through from_pretrained as a real checkpoint would be (a preset
     is saved once first); embeddings, layer norms and the LM head stay in the compute dtype."""
     source = cfg.model if cfg.model not in PRESETS else str(saved_preset(cfg.model, cfg.seed))
-    model, _ = load_model(dataclasses.replace(cfg, model=source), device,
-                          quantization_config=bnb_config(cfg.options), device_map={"": str(device)})
-    return model
+    return load_model(dataclasses.replace(cfg, model=source), device, quantization_config=bnb_config(cfg.options),
+                      device_map={"": str(device)})
 
 
 def check_fp8_device(device) -> None:

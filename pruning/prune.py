@@ -33,7 +33,8 @@ class PruningOptions(DtypeOptions):
                                     "(0: none).")
     finetune_lr: float = option(1e-5, "Recovery fine-tuning peak learning rate.")
     finetune_batch_size: int = option(4, "Recovery fine-tuning questions per step.", choices=[1, 2, 4, 8, 16])
-    save_dir: str | None = option(None, "Save the pruned model here (save_pretrained, safetensors).")
+    save_dir: str | None = option(None, "Save the pruned model here (save_pretrained, safetensors), once the run "
+                                        "has written its results.")
 
     def __post_init__(self):
         for name in ("sparsity", "heads_fraction"):
@@ -50,6 +51,11 @@ class PruningOptions(DtypeOptions):
     def variant(self) -> str:
         return f"{self.strategy.replace(':', 'of')}-{self.sparsity:g}"
 
+    def check(self, cfg, device):
+        run_dir = Path(cfg.output_dir) / (cfg.run_name or "")
+        if self.save_dir and cfg.run_name and Path(self.save_dir).resolve() == run_dir.resolve():
+            raise UsageError(f"--save-dir {self.save_dir} is the run's results directory; pick another")
+
 
 
 def prune(model, opts) -> dict:
@@ -65,36 +71,37 @@ def prune(model, opts) -> dict:
     return {}
 
 
-def recover(model, tokenizer, cfg) -> tuple[dict, list[dict]]:
+def recover(model, cfg, run) -> tuple[dict, list[dict]]:
     """Recovery fine-tuning on the train/dev half; the shared loop refuses any test PMID."""
     opts = cfg.options
     train, test_pmids = load_finetuning_data(cfg.data_dir)  # all 500 test PMIDs, not just the --limit ones
     dtype, on_gpu = next(model.parameters()).dtype, next(model.parameters()).is_cuda
     model.float()  # fp32 master weights: a bf16/fp16 weight cannot hold 1e-5-sized updates
-    history = finetune(model, tokenizer, train, steps=opts.finetune_steps, test_pmids=test_pmids,
+    history = finetune(model, run.tokenizer, train, steps=opts.finetune_steps, test_pmids=test_pmids,
                        batch_size=opts.finetune_batch_size, lr=opts.finetune_lr, seed=cfg.seed, bf16_autocast=on_gpu,
-                       prompt=cfg.prompt)
+                       prompt_ids=run.prompt_ids)
     model.to(dtype)
     return {"finetune_questions": len(train),
             "finetune_test_pmids_seen": len(test_pmids & {q.pmid for q in train})}, history
 
 
-def apply(model, tokenizer, cfg, device, questions) -> Applied:
+def save(model, tokenizer, directory: str):
+    """The pruned model as save_pretrained writes it (safetensors), 2:4 sparse weights as their dense values."""
+    model.save_pretrained(directory, state_dict={k: v.to_dense() for k, v in model.state_dict().items()})
+    tokenizer.save_pretrained(directory)
+    print(f"saved the pruned model in {directory}")
+
+
+def apply(model, cfg, run) -> Applied:
     opts = cfg.options
-    run_dir = Path(cfg.output_dir) / (cfg.run_name or "")
-    if opts.save_dir and cfg.run_name and Path(opts.save_dir).resolve() == run_dir.resolve():
-        raise UsageError(f"--save-dir {opts.save_dir} is the run's results directory; pick another")
     original = sparsify.weight_counts(model)
     record, history = prune(model, opts), None
     if opts.finetune_steps:
-        extra, history = recover(model, tokenizer, cfg)
+        extra, history = recover(model, cfg, run)
         record |= extra
     sparsify.make_permanent(model)
     record |= sparsify.measure_sparsity(model, original)
     record["parameters_nonzero"] = sum(int(p.count_nonzero()) for p in model.parameters())
-    if opts.save_dir:
-        model.save_pretrained(opts.save_dir)
-        tokenizer.save_pretrained(opts.save_dir)
     record["sparse_kernels"], record["sparse_kernels_reason"] = (sparsify.to_semi_structured(model)
                                                                  if opts.strategy == "2:4"
                                                                  else (False, "dense kernels: not a 2:4 run"))
@@ -103,7 +110,8 @@ def apply(model, tokenizer, cfg, device, questions) -> Applied:
           + (f"; 2:4 sparse kernels {'ON' if record['sparse_kernels'] else 'OFF'} ({record['sparse_kernels_reason']})"
              if opts.strategy == "2:4" else ""))
     return Applied(record=record | ({"finetune_history": history} if history else {}),
-                   curves={"finetune": history} if history else None)
+                   curves={"finetune": history} if history else None,
+                   save=(lambda _: save(model, run.tokenizer, opts.save_dir)) if opts.save_dir else None)
 
 
 if __name__ == "__main__":

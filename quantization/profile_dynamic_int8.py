@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from evaluation import (PRESETS, Options, UsageError, load_model, load_test_questions, option, parse_config,
-                        run_main)
-from evaluation.answering import ANSWER_PREFIX, prompt_ids, answer_logits, answer_token_ids, encode_prompt, make_batches
+from evaluation import (PRESETS, Options, UsageError, load_model, load_test_questions, load_tokenizer, option,
+                        parse_config, run_main)
+from evaluation.answering import answer_logits, encode_all, prompt_ids
 from quantization.int8_layers import quantize_decoder
 
 
@@ -92,11 +92,11 @@ def main():
         if cfg.model not in PRESETS:
             raise UsageError(f"--linear-tokens needs a preset model ({', '.join(PRESETS)}), got {cfg.model!r}")
         return write(cfg, {"model": cfg.model, "threads": torch.get_num_threads(), "linears": linear_shapes(cfg)})
-    model, tokenizer = load_model(cfg, torch.device("cpu"))
+    model, tokenizer = load_model(cfg, torch.device("cpu")), load_tokenizer(cfg.model, cfg.tokenizer_dir)
     questions = load_test_questions(cfg.data_dir, cfg.limit)
-    ids = [encode_prompt(tokenizer, q, ANSWER_PREFIX, model.config.max_position_embeddings, prompt_ids(tokenizer, model))[0] for q in questions]
-    batches = make_batches(ids, cfg.batch_size, tokenizer.pad_token_id, False, torch.device("cpu"))
-    answer_ids = torch.tensor(answer_token_ids(tokenizer))
+    prompts = encode_all(tokenizer, model.config, questions, "score", cfg.batch_size,
+                         prompt_ids(tokenizer, model.config, cfg.prompt), torch.device("cpu"))
+    batches, answer_ids = prompts.batches, prompts.answer_ids
     models = quantized_copies(model)
 
     def run(m):

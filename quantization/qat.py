@@ -123,15 +123,15 @@ class QATOptions(Options):
             raise UsageError("--bf16-autocast is a CUDA option; this run is on the CPU")
 
 
-def apply(model, tokenizer, cfg, device, questions) -> Applied:
+def apply(model, cfg, run) -> Applied:
     """prepare (fake quantization) -> fine-tune on the train/dev half -> convert (or drop the fake quantization)."""
     opts = cfg.options
     train, test_pmids = load_finetuning_data(cfg.data_dir)  # all 500 test PMIDs, not just the --limit ones
     base = qat_base_config(opts.weights, opts.group_size)
     qat_step(model, base, "prepare")
-    history = finetune(model, tokenizer, train, steps=opts.steps, test_pmids=test_pmids,
+    history = finetune(model, run.tokenizer, train, steps=opts.steps, test_pmids=test_pmids,
                        batch_size=opts.train_batch_size, lr=opts.lr, grad_accum=opts.grad_accum,
-                       bf16_autocast=opts.bf16_autocast, seed=cfg.seed, prompt=cfg.prompt)
+                       bf16_autocast=opts.bf16_autocast, seed=cfg.seed, prompt_ids=run.prompt_ids)
     drop_fake_quantization(model) if opts.no_convert else qat_step(model, base, "convert")
     description = {"weights": opts.weights, "group_size": opts.group_size,
                    "activations": "int8 dynamic per-token asymmetric", "converted": not opts.no_convert,

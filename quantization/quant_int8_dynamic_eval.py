@@ -51,9 +51,9 @@ class PTQOptions(Options):
             raise UsageError("--cpu-backend applies to CPU runs; on CUDA dynamic-int8 is torchao's")
 
 
-def apply(model, tokenizer, cfg, device, questions) -> Applied:
+def apply(model, cfg, run) -> Applied:
     opts = cfg.options
-    backend = quantize_decoder(model, opts.scheme, device, opts.group_size, opts.cpu_backend or "torch-ao")
+    backend = quantize_decoder(model, opts.scheme, run.device, opts.group_size, opts.cpu_backend or "torch-ao")
     return Applied(record={"backend": backend, "linears": require_all_converted(model, f"{opts.scheme} ({backend})")})
 
 

@@ -34,7 +34,7 @@ class AttentionOptions(DtypeOptions):
             raise UsageError(f"--kernel {self.kernel} is a CUDA kernel; on a CPU use sdpa-math or sdpa-flash")
 
 
-def apply(model, tokenizer, cfg, device, questions) -> Applied:
+def apply(model, cfg, run) -> Applied:
     kernel = cfg.options.kernel
     if cfg.attn_implementation != "sdpa":
         raise UsageError("attention_experiments sets the attention kernel itself (--kernel); leave "

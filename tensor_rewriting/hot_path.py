@@ -6,8 +6,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from evaluation.answering import ANSWER_PREFIX, answer_logits, encode_prompt, make_batches, prompt_ids
-from evaluation.modeling import model_device
+from evaluation.answering import answer_logits
 
 # Largest |logit difference| on the answer tokens we accept from compiled code, per dtype. Compilers reorder
 # reductions and fuse ops, so results differ by rounding: ~1e-6 relative in float32, a few ulps of 2^-8 (bf16)
@@ -57,16 +56,6 @@ class CompiledForward:
         if self.after_call is not None:
             self.after_call()
         return out
-
-
-def score_batches(model, tokenizer, questions, batch_size: int, buckets: list[int] | None, prompt: str = "auto"):
-    """Exactly the batches evaluation.harness builds for score decoding with these buckets (None: dynamic
-    shapes, the token-budget batches eager runs use)."""
-    max_len = model.config.max_position_embeddings
-    learned = prompt_ids(tokenizer, model, prompt)
-    ids = [encode_prompt(tokenizer, q, ANSWER_PREFIX, max_len, learned)[0] for q in questions]
-    return make_batches(ids, batch_size, tokenizer.pad_token_id, left_pad=False, device=model_device(model),
-                        buckets=buckets)
 
 
 def warm_up(forward: CompiledForward, model, batches, answer_ids) -> list[tuple[int, int]]:

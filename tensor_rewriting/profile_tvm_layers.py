@@ -21,9 +21,9 @@ import torch
 
 from evaluation import (PRESETS, Options, UsageError, load_test_questions, load_tokenizer, option, parse_config,
                         run_main)
-from evaluation.answering import answer_logits, answer_token_ids
+from evaluation.answering import answer_logits, encode_all, prompt_ids
 from evaluation.modeling import random_model
-from tensor_rewriting.hot_path import DEFAULT_BUCKETS, AnswerLogits, CompiledForward, score_batches
+from tensor_rewriting.hot_path import DEFAULT_BUCKETS, AnswerLogits, CompiledForward
 from tensor_rewriting.tvm_backend import TVMCompiler, check_indices
 
 
@@ -53,8 +53,9 @@ def median_seconds(fn, rounds: int) -> float:
 def time_cut(cfg, layers: int, tokenizer, questions, rounds: int) -> dict:
     """Eager and TVM-default seconds per call of one padded batch on the preset cut to `layers` layers."""
     model = random_model(cfg.model, cfg.seed, torch.float32, torch.device("cpu"), num_hidden_layers=layers)
-    answer_ids = torch.tensor(answer_token_ids(tokenizer))
-    batch = score_batches(model, tokenizer, questions, cfg.batch_size, DEFAULT_BUCKETS)[0]
+    prompts = encode_all(tokenizer, model.config, questions, "score", cfg.batch_size,
+                         prompt_ids(tokenizer, model.config, cfg.prompt), torch.device("cpu"), buckets=DEFAULT_BUCKETS)
+    batch, answer_ids = prompts.batches[0], prompts.answer_ids
     check_indices([batch], model.config)
     with torch.inference_mode():
         want = answer_logits(model, batch, answer_ids)  # also the eager warm-up

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from evaluation import Applied, DtypeOptions, UsageError, main, option
-from evaluation.answering import answer_token_ids
 from evaluation.modeling import DTYPES
-from tensor_rewriting.hot_path import DEFAULT_BUCKETS, AnswerLogits, CompiledForward, eager_check, score_batches, warm_up
+from tensor_rewriting.hot_path import DEFAULT_BUCKETS, AnswerLogits, CompiledForward, eager_check, warm_up
 
 MODES = {"eager": ["default"], "aot_eager": ["default"], "cudagraphs": ["default"],
          "inductor": ["default", "reduce-overhead", "max-autotune"],
@@ -84,6 +83,9 @@ class CompileOptions(DtypeOptions):
     def variant(self) -> str:
         return f"{self.backend}-{self.mode}-{self.dtype_name}"
 
+    def batch_buckets(self) -> list[int] | None:
+        return None if self.dynamic else self.bucket_lengths
+
 
     def check(self, cfg, device):
         if cfg.decode != "score":
@@ -104,12 +106,10 @@ def compile_forward(module, opts, device, shapes: int):
                          dynamic=opts.dynamic)
 
 
-def apply(model, tokenizer, cfg, device, questions) -> Applied:
+def apply(model, cfg, run) -> Applied:
     """Compile, warm every shape up (so compilation is setup, never a timed pass) and check against eager."""
-    opts = cfg.options
-    answer_ids = torch.tensor(answer_token_ids(tokenizer), device=device)
-    buckets = None if opts.dynamic else opts.bucket_lengths
-    batches = score_batches(model, tokenizer, questions, cfg.batch_size, buckets, cfg.prompt)
+    opts, device = cfg.options, run.device
+    batches, answer_ids = run.prompts.batches, run.prompts.answer_ids
     if opts.backend == "tvm":
         from tensor_rewriting.tvm_backend import check_indices
         check_indices(batches, model.config)
@@ -130,7 +130,7 @@ def apply(model, tokenizer, cfg, device, questions) -> Applied:
         sys.exit(1)
     # compilations after the warm-up would have happened inside timed passes: counted once they are over
     after = lambda: {"recompilations_in_passes": compiled.stats()["compilations"] - stats["compilations"]}  # noqa: E731
-    return Applied(forward=forward, buckets=buckets, after_passes=after,
+    return Applied(forward=forward, after_passes=after,
                    record={"shapes": "dynamic" if opts.dynamic else "static", "compiled_shapes": shapes,
                            "compile": stats, "eager_check": check},
                    memory_outside_torch=opts.backend == "tvm")  # TVM allocates its own device memory

@@ -8,7 +8,8 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from evaluation import RunConfig, evaluate, load_model, load_test_questions
+from evaluation import RunConfig, evaluate, load_model, load_test_questions, load_tokenizer
+from evaluation.resolve import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,17 +62,22 @@ def run_baseline(args, env=None, **kwargs):
 @pytest.fixture(scope="module")
 def tiny(tokenizer_dir):
     cfg = RunConfig(model="tiny-random", tokenizer_dir=tokenizer_dir, device="cpu")
-    return load_model(cfg, torch.device("cpu"))
+    return load_model(cfg, torch.device("cpu")), load_tokenizer(cfg.model, tokenizer_dir)
+
+
+def evaluated(model, **config):
+    """evaluate() on a tiny-random model, the run resolved from `config` as the runner resolves it."""
+    cfg = RunConfig(model="tiny-random", wandb="disabled", **config)
+    return evaluate(model, cfg, resolve(cfg, torch.device("cpu"), Path("unused")))
 
 
 @pytest.mark.parametrize("decode", ["score", "generate"])
-def test_batched_equals_unbatched(tiny, data_dir, decode):
+def test_batched_equals_unbatched(tiny, tokenizer_dir, data_dir, decode):
     model, tok = tiny
-    questions = load_test_questions(data_dir, 7)
     out = {}
     for bs in (1, 4):
-        cfg = RunConfig(model="tiny-random", batch_size=bs, decode=decode, max_new_tokens=4, wandb="disabled")
-        _, rows, _ = evaluate(model, tok, questions, cfg)
+        _, rows, _ = evaluated(model, tokenizer_dir=tokenizer_dir, data_dir=data_dir, limit=7, batch_size=bs,
+                               decode=decode, max_new_tokens=4)
         out[bs] = rows
     assert [r["prediction"] for r in out[1]] == [r["prediction"] for r in out[4]]
     if decode == "score":
@@ -82,15 +88,15 @@ def test_batched_equals_unbatched(tiny, data_dir, decode):
         assert [r["generated"] for r in out[1]] == [r["generated"] for r in out[4]]
 
 
-def test_padding_does_not_change_logits_against_a_plain_forward(tiny, data_dir):
+def test_padding_does_not_change_logits_against_a_plain_forward(tiny, tokenizer_dir, data_dir):
     """The batched last-position logits equal a plain single-sequence HF forward's last logits."""
     from evaluation.answering import ANSWER_PREFIX, answer_token_ids, encode_prompt, prompt_ids
 
     model, tok = tiny
     questions = load_test_questions(data_dir, 3)
-    _, rows, _ = evaluate(model, tok, questions, RunConfig(model="tiny-random", batch_size=3, wandb="disabled"))
+    _, rows, _ = evaluated(model, tokenizer_dir=tokenizer_dir, data_dir=data_dir, limit=3, batch_size=3)
     for q, row in zip(questions, rows):
-        ids, _ = encode_prompt(tok, q, ANSWER_PREFIX, 2048, prompt_ids(tok, model))  # the run's learned prompt
+        ids, _ = encode_prompt(tok, q, ANSWER_PREFIX, 2048, prompt_ids(tok, model.config))  # the run's learned prompt
         with torch.no_grad():
             ref = model(torch.tensor([ids])).logits[0, -1, answer_token_ids(tok)]
         torch.testing.assert_close(torch.tensor([row["logit_yes"], row["logit_no"], row["logit_maybe"]]), ref,
@@ -126,7 +132,12 @@ def test_results_files_written(baseline_run, data_dir):
     cfg, metrics = results["config"], results["metrics"]
     assert cfg["technique"] == "baseline" and cfg["variant"] == "fp32-eager" and cfg["options"] == {}
     assert results["run"] == {"run_name": "base", "device": "cpu", "weights": "random", "questions": 12,
-                              "prompt_form": "learned-prompt-9", "prompt_ids": list(range(57717, 57726))}
+                              "prompt_form": "learned-prompt-9", "prompt_ids": list(range(57717, 57726)),
+                              "min_duration_s": 0.0}
+    assert results["model"]["identity"] == {
+        "name": "tiny-random", "weights": "random", "seed": 0,
+        "architecture": {"vocab_size": 57726, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                         "intermediate_size": 256, "max_position_embeddings": 2048}}
     assert metrics["n"] == 12 and metrics["timed_passes"] == 3 and metrics["timing_source"] == "timed_passes"
     assert len(metrics["pass_wall_s_samples"]) == 3 and metrics["pass_ms"]["n"] == 3
     assert (run_dir.stat().st_mode & 0o777) == 0o755, "a run directory is for others to read"
@@ -227,10 +238,11 @@ def test_saved_random_preset_reloads_marked_random(tiny, tmp_path):
     model, tok = tiny
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    from evaluation.modeling import weights_kind
+    from evaluation.modeling import load_config
+    from evaluation.resolve import model_identity
 
-    reloaded, _ = load_model(RunConfig(model=str(tmp_path), device="cpu"), torch.device("cpu"))
-    assert weights_kind(reloaded) == "random"
+    cfg = RunConfig(model=str(tmp_path), device="cpu")
+    assert model_identity(cfg, load_config(cfg))["weights"] == "random"
 
 
 def test_training_curve_logged_as_wandb_history(tmp_path):

@@ -7,22 +7,26 @@ import pytest
 import torch
 
 from conftest import run_script
-from evaluation import RunConfig, UsageError, evaluate, load_model, load_test_questions
+from pathlib import Path
+
+from evaluation import RunConfig, UsageError, evaluate, load_model, load_test_questions, load_tokenizer
 from evaluation.answering import ANSWER_PREFIX, encode_prompt, make_batches, prompt_ids
+from evaluation.resolve import resolve
 
 LEARNED = list(range(57717, 57726))
 
 
 @pytest.fixture(scope="module")
 def tiny(tokenizer_dir):
-    return load_model(RunConfig(model="tiny-random", tokenizer_dir=tokenizer_dir), torch.device("cpu"))
+    cfg = RunConfig(model="tiny-random", tokenizer_dir=tokenizer_dir)
+    return load_model(cfg, torch.device("cpu")), load_tokenizer(cfg.model, tokenizer_dir)
 
 
 def test_the_nine_rows_after_the_vocabulary_are_the_prompt(tiny):
     model, tok = tiny
     assert model.config.vocab_size == 57726 and len(tok) == 57717
-    assert prompt_ids(tok, model) == prompt_ids(tok, model, "learned") == LEARNED
-    assert prompt_ids(tok, model, "plain") == []
+    assert prompt_ids(tok, model.config) == prompt_ids(tok, model.config, "learned") == LEARNED
+    assert prompt_ids(tok, model.config, "plain") == []
 
 
 @pytest.mark.parametrize("suffix", [ANSWER_PREFIX, ""])  # score mode ends in the answer prefix, generate in none
@@ -46,16 +50,18 @@ def test_prompt_ids_survive_batching_in_place(tiny, data_dir, left_pad):
             assert real == ids[i]
 
 
+def evaluated(model, **config) -> list[dict]:
+    cfg = RunConfig(model="tiny-random", max_new_tokens=3, wandb="disabled", min_passes=1, **config)
+    return evaluate(model, cfg, resolve(cfg, torch.device("cpu"), Path("unused")))[1]
+
+
 @pytest.mark.parametrize("decode", ["score", "generate"])
-def test_learned_and_batched_equals_unbatched(tiny, data_dir, decode):
-    model, tok = tiny
-    questions = load_test_questions(data_dir, 5)
-    rows = {bs: evaluate(model, tok, questions, RunConfig(model="tiny-random", batch_size=bs, decode=decode,
-                                                          max_new_tokens=3, wandb="disabled", min_passes=1))[1]
-            for bs in (1, 4)}
+def test_learned_and_batched_equals_unbatched(tiny, tokenizer_dir, data_dir, decode):
+    model, _ = tiny
+    common = dict(tokenizer_dir=tokenizer_dir, data_dir=data_dir, limit=5, decode=decode)
+    rows = {bs: evaluated(model, batch_size=bs, **common) for bs in (1, 4)}
     assert [r["prediction"] for r in rows[1]] == [r["prediction"] for r in rows[4]]
-    plain = evaluate(model, tok, questions, RunConfig(model="tiny-random", batch_size=4, decode=decode, prompt="plain",
-                                                      max_new_tokens=3, wandb="disabled"))[1]
+    plain = evaluated(model, batch_size=4, prompt="plain", **common)
     assert [r["tokens"] for r in plain] == [r["tokens"] - 9 for r in rows[4]]  # the 9 prompt tokens, nothing else
 
 
@@ -72,18 +78,18 @@ def test_a_model_directory_of_the_real_shape_runs_and_records_the_prompt(tiny, b
     assert json.loads((tmp_path / "results" / "plain" / "results.json").read_text())["run"]["prompt_form"] == "plain"
 
 
-def test_learned_without_the_rows_and_a_larger_tokenizer_are_refused(tiny, tmp_path):
+def test_learned_without_the_rows_and_a_larger_tokenizer_are_refused(tiny, data_dir, tmp_path):
     from transformers import BioGptConfig, BioGptForCausalLM
 
     _, tok = tiny
     small = BioGptForCausalLM(BioGptConfig(vocab_size=len(tok), hidden_size=8, num_hidden_layers=1,
                                            num_attention_heads=1, intermediate_size=8))
-    assert prompt_ids(tok, small) == []
+    assert prompt_ids(tok, small.config) == []
     with pytest.raises(UsageError, match="--prompt learned needs"):
-        prompt_ids(tok, small, "learned")
+        prompt_ids(tok, small.config, "learned")
     small = BioGptForCausalLM(BioGptConfig(vocab_size=len(tok) - 1, hidden_size=8, num_hidden_layers=1,
                                            num_attention_heads=1, intermediate_size=8))
     small.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     with pytest.raises(UsageError, match="tokenizer has 57717 ids but the model only 57716 embedding rows"):
-        load_model(RunConfig(model=str(tmp_path)), torch.device("cpu"))
+        resolve(RunConfig(model=str(tmp_path), data_dir=data_dir), torch.device("cpu"), tmp_path / "run")

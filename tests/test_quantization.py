@@ -164,8 +164,11 @@ def test_qat_trains_converts_saves_and_never_sees_test_pmids(tokenizer_dir, shor
     w = next(iter(decoder_linears(model).values())).weight
     assert type(w).__name__ == "IntxUnpackedToInt8Tensor" and w.qdata.abs().max() <= 8  # int4 range
     assert model.output_projection.weight is model.biogpt.embed_tokens.weight
-    cfg = RunConfig(limit=6, batch_size=4)
-    _, rows, _ = evaluate(model, load_tokenizer("tiny-random", tokenizer_dir), load_test_questions(short_data, 6), cfg)
+    from evaluation.resolve import resolve
+
+    cfg = RunConfig(model="tiny-random", tokenizer_dir=tokenizer_dir, data_dir=short_data, limit=6, batch_size=4,
+                    wandb="disabled")
+    _, rows, _ = evaluate(model, cfg, resolve(cfg, torch.device("cpu"), tmp_path / "unused"))
     with open(run / "per_question.csv") as f:
         saved = {r["pmid"]: r for r in csv.DictReader(f)}
     for r in rows:
