@@ -9,6 +9,7 @@ import contextlib
 import functools
 import glob
 import inspect
+import logging
 import os
 import re
 import shutil
@@ -459,6 +460,26 @@ def interrupt_leaves_no_empty_database(work_dir: str):
         raise KeyboardInterrupt(f"tuning stopped; records tuned so far kept in {work_dir}") from None
 
 
+@contextlib.contextmanager
+def foreign_log_handlers_set_aside():
+    """Creating tune contexts runs MetaSchedule's logging.create_loggers, which hands its logger's current handlers
+    by name to logging.config.dictConfig: a handler its own config did not create fails it (unnamed: an
+    AttributeError on None.format; named: a ValueError). That config also makes the logger non-propagating, and
+    pytest >= 9.2 attaches its unnamed capture handlers to every non-propagating logger at each test, so every
+    tuning after a process's first failed under it. Such handlers are detached while MetaSchedule configures its
+    loggers, then attached again."""
+    logger = logging.getLogger(ms.__name__)  # "tvm.s_tir.meta_schedule", the name create_loggers configures
+    own = {f"{logger.name}.console", f"{logger.name}.file"}
+    foreign = [h for h in logger.handlers if h.get_name() not in own]
+    for handler in foreign:
+        logger.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in foreign:
+            logger.addHandler(handler)
+
+
 def shape_free(mod: tvm.IRModule) -> str:
     """A kernel's TVMScript with its integer literals blanked: the same text for one kernel at two bucket
     lengths (and for two kernels that differ only in their sizes)."""
@@ -523,8 +544,9 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, trials: int, work_dir: st
     if todo:
         # A budget too small to fit a cost model on: replay random schedules rather than evolve a population.
         search = "evolutionary" if trials >= 64 else "replay-trace"
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(todo, work_dir, strategy=search,
-                                                                                  seed=0)
+        with foreign_log_handlers_set_aside():
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(todo, work_dir,
+                                                                                      strategy=search, seed=0)
         cpu = target.kind.name == "llvm"  # on a GPU box, MetaSchedule's own process-pool builder and runner
         with interrupt_leaves_no_empty_database(work_dir):
             ms.tune.tune_tasks(

@@ -79,6 +79,36 @@ def test_another_bucket_reuses_the_tuned_schedule(tmp_path):
     assert compile_for(8) == (0, 0, 1)  # and it is now that workload's own record
 
 
+def test_tuning_twice_keeps_handlers_it_did_not_create(tmp_path):
+    """Tuning twice in one process, as pytest >= 9.2 sets it up: at each test it attaches its unnamed capture
+    handler to every non-propagating logger, and MetaSchedule's first tuning leaves its logger non-propagating.
+    MetaSchedule's create_loggers then names that logger's handlers to logging.config.dictConfig and failed on
+    the unnamed one (AttributeError: 'NoneType' object has no attribute 'format'). The handler is attached by
+    hand here, so this fails without the fix under any pytest (and in plain Python with any such handler)."""
+    import logging
+
+    tvm_backend = pytest.importorskip("tensor_rewriting.tvm_backend")
+    if not tvm_backend.json_database_works():
+        pytest.skip(tvm_backend.JSON_DATABASE_BROKEN)
+    module = torch.nn.Linear(8, 8).eval()
+    mod, _ = tvm_backend.export_relax(module, (torch.randn(2, 8),))
+    target = tvm_backend.tvm_target(torch.device("cpu"))
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    unnamed, named = logging.NullHandler(), logging.NullHandler()
+    named.set_name("a user's handler")  # dictConfig knows no handler by that name either
+    for handler in (unnamed, named):
+        logger.addHandler(handler)
+    try:
+        for run in ("first", "second"):
+            (tmp_path / run).mkdir()
+            _, counts = tvm_backend.tune(mod, target, 1, str(tmp_path / run), ["matmul"])
+            assert counts["tasks_tuned"] == 1, (run, counts)
+        assert unnamed in logger.handlers and named in logger.handlers  # given back after tuning
+    finally:
+        for handler in (unnamed, named):
+            logger.removeHandler(handler)
+
+
 def test_cpu_pipeline_schedules_every_kernel_and_stays_exact():
     """TVM default on a CPU: the matmuls (with their bias/GELU/residual epilogues and the transposed weight read
     while packing) and everything else come out scheduled — a parallel loop in every kernel — and the result equals
