@@ -47,15 +47,11 @@ class CompiledForward:
 
     def __init__(self, fn):
         self.fn = fn
-        self.after_call = None  # e.g. a hook that records recompilations while the harness runs its passes
 
     def __call__(self, model, batch, answer_ids):
         with torch.inference_mode():
             # clone: CUDA-graph backends (cudagraphs, reduce-overhead) overwrite their output buffer next call
-            out = self.fn(batch.input_ids, batch.attention_mask, batch.position_ids, batch.last_index).clone()
-        if self.after_call is not None:
-            self.after_call()
-        return out
+            return self.fn(batch.input_ids, batch.attention_mask, batch.position_ids, batch.last_index).clone()
 
 
 def warm_up(forward: CompiledForward, model, batches, answer_ids) -> list[tuple[int, int]]:

@@ -24,7 +24,7 @@ from evaluation import (PRESETS, Options, UsageError, load_test_questions, load_
 from evaluation.answering import answer_logits, encode_all, prompt_ids
 from evaluation.modeling import random_model
 from tensor_rewriting.hot_path import DEFAULT_BUCKETS, AnswerLogits, CompiledForward
-from tensor_rewriting.tvm_backend import TVMCompiler, check_indices
+from tensor_rewriting.tvm_relax import TVMCompiler, check_indices
 
 
 @dataclass(frozen=True)

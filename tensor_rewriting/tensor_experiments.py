@@ -98,7 +98,7 @@ def compile_forward(module, opts, device, shapes: int):
     """The technique: a callable over the 4 prompt tensors, with .stats() (compilations, build/tune times).
     shapes: how many distinct batch shapes it will be called with."""
     if opts.backend == "tvm":
-        from tensor_rewriting.tvm_backend import TVMCompiler
+        from tensor_rewriting.tvm_relax import TVMCompiler
         ops = None if opts.tvm_tune_ops == "all" else opts.tvm_tune_ops.split(",")
         return TVMCompiler(module, opts.mode, device, opts.tvm_trials, opts.tvm_work_dir, ops)
     from tensor_rewriting.torch_backends import TorchCompiled
@@ -111,7 +111,7 @@ def apply(model, cfg, run) -> Applied:
     opts, device = cfg.options, run.device
     batches, answer_ids = run.prompts.batches, run.prompts.answer_ids
     if opts.backend == "tvm":
-        from tensor_rewriting.tvm_backend import check_indices
+        from tensor_rewriting.tvm_relax import check_indices
         check_indices(batches, model.config)
     compiled = compile_forward(AnswerLogits(model, answer_ids), opts, device,
                                len({tuple(b.input_ids.shape) for b in batches}))

@@ -72,23 +72,24 @@ def test_eager_check_catches_wrong_logits():
 
 
 def test_tvm_tuning_database_written_then_reused(tmp_path):
-    tvm_backend = pytest.importorskip("tensor_rewriting.tvm_backend")
-    if not tvm_backend.json_database_works():
-        pytest.skip(tvm_backend.JSON_DATABASE_BROKEN)
+    pytest.importorskip("tensor_rewriting.tvm_relax")
+    from tensor_rewriting.tvm_relax import TVMCompiler, tuning
+
+    if not tuning.json_database_works():
+        pytest.skip(tuning.JSON_DATABASE_BROKEN)
     module = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU()).eval()
     x = torch.randn(4, 16)
     work_dir = tmp_path / "tuning"
 
-    first = tvm_backend.TVMCompiler(module, "ansor", torch.device("cpu"), trials=2, work_dir=str(work_dir),
-                                       tune_ops=["matmul"])
+    first = TVMCompiler(module, "ansor", torch.device("cpu"), trials=2, work_dir=str(work_dir), tune_ops=["matmul"])
     torch.testing.assert_close(first(x), module(x), rtol=1e-4, atol=1e-5)
     stats = first.stats()
     assert stats["compilations"] == 1 and stats["tasks"] >= 1 and stats["tasks_tuned"] == stats["tasks"]
     records = work_dir / "database_tuning_record.json"
     assert records.stat().st_size > 0
 
-    second = tvm_backend.TVMCompiler(module, "meta-schedule", torch.device("cpu"), trials=2, work_dir=str(work_dir),
-                                        tune_ops=["matmul"])
+    second = TVMCompiler(module, "meta-schedule", torch.device("cpu"), trials=2, work_dir=str(work_dir),
+                         tune_ops=["matmul"])
     torch.testing.assert_close(second(x), module(x), rtol=1e-4, atol=1e-5)
     assert second.stats()["tasks_tuned"] == 0
     assert second.stats()["tasks_from_database"] == stats["tasks"]
@@ -96,22 +97,23 @@ def test_tvm_tuning_database_written_then_reused(tmp_path):
 
 def test_tvm_refuses_out_of_range_ids():
     # Relax's take(mode="fast") does not bounds-check: such ids would give NaN logits instead of an error.
-    tvm_backend = pytest.importorskip("tensor_rewriting.tvm_backend")
+    pytest.importorskip("tensor_rewriting.tvm_relax")
     from evaluation import UsageError
     from evaluation.answering import make_batches
+    from tensor_rewriting.tvm_relax import check_indices
     from transformers import BioGptConfig
 
     config = BioGptConfig(vocab_size=100, max_position_embeddings=64)
     ok = make_batches([[2, 5, 99]], 1, 1, left_pad=False, device=torch.device("cpu"))
-    tvm_backend.check_indices(ok, config)
+    check_indices(ok, config)
     with pytest.raises(UsageError, match="vocabulary"):
-        tvm_backend.check_indices(make_batches([[2, 100]], 1, 1, False, torch.device("cpu")), config)
+        check_indices(make_batches([[2, 100]], 1, 1, False, torch.device("cpu")), config)
     with pytest.raises(UsageError, match="positions"):
-        tvm_backend.check_indices(make_batches([[2] * 65], 1, 1, False, torch.device("cpu")), config)
+        check_indices(make_batches([[2] * 65], 1, 1, False, torch.device("cpu")), config)
 
 
 def test_tvm_layer_profile_projects_from_two_cuts(base_args, tmp_path):
-    pytest.importorskip("tensor_rewriting.tvm_backend")
+    pytest.importorskip("tensor_rewriting.tvm_relax")
     profile = ROOT / "tensor_rewriting" / "profile_tvm_layers.py"
     out = tmp_path / "layers.json"
     proc = run_script(base_args, "--limit", "2", "--batch-size", "2", "--rounds", "1", "--out", str(out),

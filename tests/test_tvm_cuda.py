@@ -10,10 +10,11 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-tvm_backend = pytest.importorskip("tensor_rewriting.tvm_backend")
-import tvm  # noqa: E402  (after the skip: tvm comes with tvm_backend)
+pytest.importorskip("tensor_rewriting.tvm_relax")  # Apache TVM is an optional dependency
+import tvm  # noqa: E402
 
 from evaluation import UsageError  # noqa: E402
+from tensor_rewriting.tvm_relax import compiler, cuda_env  # noqa: E402
 
 H100 = {"kind": "cuda", "arch": "sm_90"}
 
@@ -21,9 +22,9 @@ H100 = {"kind": "cuda", "arch": "sm_90"}
 def other_checks_pass(monkeypatch, nvrtc=True, runtime=True, device=True):
     """Stand-ins for the checks a test does not examine: each passes, whatever this machine has."""
     if nvrtc:
-        monkeypatch.setattr(tvm_backend, "nvrtc_problems", lambda: [])
+        monkeypatch.setattr(cuda_env, "nvrtc_problems", lambda: [])
     if runtime:
-        monkeypatch.setattr(tvm_backend, "tvm_cuda_runtime_error", lambda: None)
+        monkeypatch.setattr(cuda_env, "tvm_cuda_runtime_error", lambda: None)
     if device:
         monkeypatch.setattr(tvm.runtime.Device, "exist", property(lambda self: True))
 
@@ -35,14 +36,14 @@ def fake_cuda_bindings(monkeypatch, nvrtc_version):
 
 def test_check_passes_when_nothing_is_missing(monkeypatch):
     other_checks_pass(monkeypatch)
-    tvm_backend.check_cuda_runtime()
+    cuda_env.check_cuda_runtime()
 
 
 def test_check_names_missing_cuda_bindings(monkeypatch):
     other_checks_pass(monkeypatch, nvrtc=False)
     monkeypatch.setitem(sys.modules, "cuda.bindings", None)  # import cuda.bindings now raises ImportError
     with pytest.raises(UsageError, match="cuda-bindings is not importable.*pip install 'cuda-bindings>=13,<14'"):
-        tvm_backend.check_cuda_runtime()
+        cuda_env.check_cuda_runtime()
 
 
 def test_check_names_missing_nvrtc_library_and_headers(monkeypatch, tmp_path):
@@ -54,13 +55,13 @@ def test_check_names_missing_nvrtc_library_and_headers(monkeypatch, tmp_path):
     fake_cuda_bindings(monkeypatch, no_library)
     monkeypatch.setenv("CUDA_PATH", str(tmp_path))  # a toolkit root without headers
     with pytest.raises(UsageError) as e:
-        tvm_backend.check_cuda_runtime()
+        cuda_env.check_cuda_runtime()
     assert "cuda-bindings finds no NVRTC library" in str(e.value) and "nvidia-cuda-nvrtc>=13,<14" in str(e.value)
     assert f"no CUDA headers under {tmp_path}" in str(e.value) and "set CUDA_PATH" in str(e.value)
 
     fake_cuda_bindings(monkeypatch, lambda: (0, 12, 8))
     with pytest.raises(UsageError, match="NVRTC is CUDA 12.8, TVM's CUDA runtime is CUDA 13"):
-        tvm_backend.check_cuda_runtime()
+        cuda_env.check_cuda_runtime()
 
 
 def test_check_names_what_the_tvm_cuda_runtime_could_not_load(monkeypatch):
@@ -74,7 +75,7 @@ def test_check_names_what_the_tvm_cuda_runtime_could_not_load(monkeypatch):
 
         monkeypatch.setattr(tvm_ffi.libinfo, "load_lib_ctypes", load)
         with pytest.raises(UsageError, match=f"{says}.*{missing}"):
-            tvm_backend.check_cuda_runtime()
+            cuda_env.check_cuda_runtime()
 
 
 @pytest.mark.parametrize("driver, says", [(12080, "the NVIDIA driver supports CUDA up to 12.8; TVM's CUDA runtime "
@@ -84,9 +85,9 @@ def test_check_names_what_the_tvm_cuda_runtime_could_not_load(monkeypatch):
 def test_check_explains_a_missing_device(monkeypatch, driver, says):
     other_checks_pass(monkeypatch, device=False)
     monkeypatch.setattr(tvm.runtime.Device, "exist", property(lambda self: False))
-    monkeypatch.setattr(tvm_backend, "cuda_driver_version", lambda: driver)
+    monkeypatch.setattr(cuda_env, "cuda_driver_version", lambda: driver)
     with pytest.raises(UsageError, match=says):
-        tvm_backend.check_cuda_runtime()
+        cuda_env.check_cuda_runtime()
 
 
 def test_compiler_on_cuda_fails_with_the_reason_not_a_value_error():
@@ -94,7 +95,7 @@ def test_compiler_on_cuda_fails_with_the_reason_not_a_value_error():
         pytest.skip("this machine has a CUDA device for TVM")
     module = torch.nn.Linear(4, 4)
     with pytest.raises(UsageError, match="--backend tvm cannot use CUDA here: "):
-        tvm_backend.TVMCompiler(module, "default", torch.device("cuda"), 1, "", None)
+        compiler.TVMCompiler(module, "default", torch.device("cuda"), 1, "", None)
 
 
 def tiny_model_inputs(dtype):
@@ -115,12 +116,12 @@ def h100_builds():
     """{dtype: (TVMCompiler stats, CUDA source)}: TVMCompiler as on an H100 box, built here without a GPU."""
     builds = {}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tvm_backend, "tvm_target", lambda device: tvm.target.Target(H100))
+        mp.setattr(compiler, "tvm_target", lambda device: tvm.target.Target(H100))
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
             module, inputs = tiny_model_inputs(dtype)
-            compiled = tvm_backend.TVMCompiler(module, "default", torch.device("cuda"), 1, "", None)
+            compiled = compiler.TVMCompiler(module, "default", torch.device("cuda"), 1, "", None)
             executable, _ = compiled.compile(inputs)
-            builds[str(dtype).removeprefix("torch.")] = compiled.stats(), tvm_backend.cuda_source(executable)
+            builds[str(dtype).removeprefix("torch.")] = compiled.stats(), compiler.cuda_source(executable)
     return builds
 
 
@@ -142,7 +143,7 @@ def test_cuda_build_compiles_to_sm90_cubin_with_nvcc(h100_builds, dtype, tmp_pat
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_cuda_build_compiles_with_nvrtc_as_at_load_time(h100_builds, dtype):
     """TVM's own load-time route (tvm_callback_cuda_compile -> NVRTC via cuda-bindings), run without a GPU."""
-    problems = tvm_backend.nvrtc_problems()
+    problems = cuda_env.nvrtc_problems()
     if problems:
         pytest.skip("; ".join(problems))
     from tvm.support.nvcc import compile_cuda
@@ -152,7 +153,7 @@ def test_cuda_build_compiles_with_nvrtc_as_at_load_time(h100_builds, dtype):
 
 def test_tensor_cores_in_float16_only(h100_builds):
     for dtype, (stats, source) in h100_builds.items():
-        used, kernels = tvm_backend.tensor_core_kernels(source)
+        used, kernels = compiler.tensor_core_kernels(source)
         assert kernels > 10 and stats["tensor_cores"] == (used > 0), dtype
     fp16, bf16, fp32 = (h100_builds[d][0] for d in ("float16", "bfloat16", "float32"))
     assert fp16["tensor_cores"] is True and "wmma" in h100_builds["float16"][1]
@@ -161,5 +162,5 @@ def test_tensor_cores_in_float16_only(h100_builds):
 
 
 def test_no_tensor_core_field_on_cpu():
-    compiled = tvm_backend.TVMCompiler(torch.nn.Linear(4, 4), "default", torch.device("cpu"), 1, "", None)
+    compiled = compiler.TVMCompiler(torch.nn.Linear(4, 4), "default", torch.device("cpu"), 1, "", None)
     assert compiled.stats()["tensor_cores"] is None

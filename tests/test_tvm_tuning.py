@@ -4,6 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
+pytest.importorskip("tensor_rewriting.tvm_relax")  # Apache TVM is an optional dependency
+from tensor_rewriting.tvm_relax import compiler, cpu_schedule, export, tuning  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -20,9 +23,8 @@ def tiny_prompt_model():
 
 
 def test_default_budget_tunes_with_evolutionary_search_and_xgboost(tmp_path, monkeypatch):
-    tvm_backend = pytest.importorskip("tensor_rewriting.tvm_backend")
-    if not tvm_backend.json_database_works():
-        pytest.skip(tvm_backend.JSON_DATABASE_BROKEN)
+    if not tuning.json_database_works():
+        pytest.skip(tuning.JSON_DATABASE_BROKEN)
     from tensor_rewriting.hot_path import TOLERANCE
     from tvm.s_tir.meta_schedule.cost_model import XGBModel
 
@@ -33,8 +35,8 @@ def test_default_budget_tunes_with_evolutionary_search_and_xgboost(tmp_path, mon
     module, inputs = tiny_prompt_model()
     # 64 trials is the CLI default and the least that picks evolutionary search. One task only, the smallest
     # (the attention score bmm at 1 x 8): the whole budget goes to one search, built and timed on tiny shapes.
-    compiled = tvm_backend.TVMCompiler(module, "ansor", torch.device("cpu"), trials=64, work_dir=str(tmp_path),
-                                       tune_ops=["matmul1"])
+    compiled = compiler.TVMCompiler(module, "ansor", torch.device("cpu"), trials=64, work_dir=str(tmp_path),
+                                    tune_ops=["matmul1"])
     got = compiled(*inputs)
     with torch.no_grad():
         want = module(*inputs)
@@ -49,10 +51,9 @@ def test_default_budget_tunes_with_evolutionary_search_and_xgboost(tmp_path, mon
 
 
 def test_interrupted_tuning_leaves_no_empty_database_files(tmp_path):
-    tvm_backend = pytest.importorskip("tensor_rewriting.tvm_backend")
     (tmp_path / "kept.json").write_text("{}\n")
     with pytest.raises(KeyboardInterrupt, match="records tuned so far kept"):
-        with tvm_backend.interrupt_leaves_no_empty_database(str(tmp_path)):
+        with tuning.interrupt_leaves_no_empty_database(str(tmp_path)):
             (tmp_path / "database_workload.json").touch()       # created, never written
             (tmp_path / "database_tuning_record.json").write_text('["a record"]\n')
             raise KeyboardInterrupt
@@ -60,14 +61,13 @@ def test_interrupted_tuning_leaves_no_empty_database_files(tmp_path):
 
 
 def test_another_bucket_reuses_the_tuned_schedule(tmp_path):
-    tvm_backend = pytest.importorskip("tensor_rewriting.tvm_backend")
-    if not tvm_backend.json_database_works():
-        pytest.skip(tvm_backend.JSON_DATABASE_BROKEN)
+    if not tuning.json_database_works():
+        pytest.skip(tuning.JSON_DATABASE_BROKEN)
     module = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU()).eval()
 
     def compile_for(rows):
-        compiled = tvm_backend.TVMCompiler(module, "ansor", torch.device("cpu"), trials=2, work_dir=str(tmp_path),
-                                           tune_ops=["matmul"])
+        compiled = compiler.TVMCompiler(module, "ansor", torch.device("cpu"), trials=2, work_dir=str(tmp_path),
+                                        tune_ops=["matmul"])
         x = torch.randn(rows, 16)
         torch.testing.assert_close(compiled(x), module(x), rtol=1e-4, atol=1e-5)
         stats = compiled.stats()
@@ -79,11 +79,39 @@ def test_another_bucket_reuses_the_tuned_schedule(tmp_path):
     assert compile_for(8) == (0, 0, 1)  # and it is now that workload's own record
 
 
+def test_tuning_twice_keeps_handlers_it_did_not_create(tmp_path):
+    """Tuning twice in one process, as pytest >= 9.2 sets it up: at each test it attaches its unnamed capture
+    handler to every non-propagating logger, and MetaSchedule's first tuning leaves its logger non-propagating.
+    MetaSchedule's create_loggers then names that logger's handlers to logging.config.dictConfig and failed on
+    the unnamed one (AttributeError: 'NoneType' object has no attribute 'format'). The handler is attached by
+    hand here, so this fails without the fix under any pytest (and in plain Python with any such handler)."""
+    import logging
+
+    if not tuning.json_database_works():
+        pytest.skip(tuning.JSON_DATABASE_BROKEN)
+    module = torch.nn.Linear(8, 8).eval()
+    mod, _ = export.export_relax(module, (torch.randn(2, 8),))
+    target = compiler.tvm_target(torch.device("cpu"))
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    unnamed, named = logging.NullHandler(), logging.NullHandler()
+    named.set_name("a user's handler")  # dictConfig knows no handler by that name either
+    for handler in (unnamed, named):
+        logger.addHandler(handler)
+    try:
+        for run in ("first", "second"):
+            (tmp_path / run).mkdir()
+            _, counts = tuning.tune(mod, target, 1, str(tmp_path / run), ["matmul"])
+            assert counts["tasks_tuned"] == 1, (run, counts)
+        assert unnamed in logger.handlers and named in logger.handlers  # given back after tuning
+    finally:
+        for handler in (unnamed, named):
+            logger.removeHandler(handler)
+
+
 def test_cpu_pipeline_schedules_every_kernel_and_stays_exact():
     """TVM default on a CPU: the matmuls (with their bias/GELU/residual epilogues and the transposed weight read
     while packing) and everything else come out scheduled — a parallel loop in every kernel — and the result equals
     PyTorch's at shapes that are not whole tiles (rows 37, features 40 and 72)."""
-    tvm_backend = pytest.importorskip("tensor_rewriting.tvm_backend")
     import tvm
 
     class Block(torch.nn.Module):
@@ -96,12 +124,12 @@ def test_cpu_pipeline_schedules_every_kernel_and_stays_exact():
 
     module = Block().eval()
     x = torch.randn(37, 40)
-    compiled = tvm_backend.TVMCompiler(module, "default", torch.device("cpu"), trials=0, work_dir="")
+    compiled = compiler.TVMCompiler(module, "default", torch.device("cpu"), trials=0, work_dir="")
     torch.testing.assert_close(compiled(x), module(x), rtol=1e-4, atol=1e-5)
 
-    mod, _ = tvm_backend.export_relax(module, (x,))
-    target = tvm_backend.tvm_target(torch.device("cpu"))
-    lowered = tvm_backend.cpu_pipeline(target, fuse=True)(mod)
+    mod, _ = export.export_relax(module, (x,))
+    target = compiler.tvm_target(torch.device("cpu"))
+    lowered = cpu_schedule.cpu_pipeline(target, fuse=True)(mod)
     kernels = {gv.name_hint: f for gv, f in lowered.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
     assert any("matmul" in name for name in kernels), sorted(kernels)
     unscheduled = [name for name, f in kernels.items() if "T.parallel" not in f.script()]
