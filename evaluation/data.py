@@ -44,7 +44,15 @@ def _question(pmid: str, row: dict, path: Path) -> Question:
         raise UsageError(f"data file malformed: {path}: PMID {pmid} lacks {e}")
     if label not in LABELS or not isinstance(contexts, list):
         raise UsageError(f"data file malformed: {path}: PMID {pmid} has label {label!r} or non-list CONTEXTS")
-    return Question(pmid, collapse(question), collapse(" ".join(contexts)), label)
+    if not isinstance(question, str) or not all(isinstance(c, str) for c in contexts):
+        kinds = sorted({type(x).__name__ for x in [question, *contexts] if not isinstance(x, str)})
+        raise UsageError(f"data file malformed: {path}: PMID {pmid} has a non-string QUESTION or CONTEXTS item "
+                         f"({', '.join(kinds)})")
+    q = Question(pmid, collapse(question), collapse(" ".join(contexts)), label)
+    empty = [name for name, text in (("QUESTION", q.question), ("CONTEXTS", q.context)) if not text]
+    if empty:  # a prompt without them would still be scored, silently, as if it asked something
+        raise UsageError(f"data file malformed: {path}: PMID {pmid} has an empty {' and '.join(empty)}")
+    return q
 
 
 def load_local(data_dir: str) -> tuple[list[Question], list[Question]]:
