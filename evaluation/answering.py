@@ -46,9 +46,16 @@ def prompt_form(ids: list[int]) -> str:
 
 
 def answer_token_ids(tokenizer) -> list[int]:
+    """The ids of yes, no and maybe. Anything but three distinct single known tokens is refused: two answers on
+    one id (a truncated vocabulary maps both to <unk>) would get equal logits in every row."""
     ids = [tokenizer.encode(label, add_special_tokens=False) for label in LABELS]
-    assert all(len(i) == 1 for i in ids), f"yes/no/maybe must be single tokens, got {ids}"
-    return [i[0] for i in ids]
+    firsts = [i[0] if len(i) == 1 else None for i in ids]
+    if None in firsts or len(set(firsts)) != len(LABELS) or tokenizer.unk_token_id in firsts:
+        became = ", ".join(f"{label} -> {' '.join(tokenizer.convert_ids_to_tokens(i))} {i}"
+                           for label, i in zip(LABELS, ids))
+        raise UsageError(f"the tokenizer does not hold yes, no and maybe as three distinct single tokens ({became}): "
+                         "a truncated or wrong vocabulary (--tokenizer-dir)?")
+    return firsts
 
 
 def encode_prompt(tokenizer, q: Question, suffix: str, max_len: int, prompt: list[int] = ()) -> tuple[list[int], int]:

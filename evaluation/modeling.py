@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .answering import answer_token_ids
 from .config import RunConfig, UsageError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -69,6 +70,13 @@ def fairseq_tokenizer_files(tokenizer_dir: str) -> Path:
 
 
 def load_tokenizer(model_name: str, tokenizer_dir: str | None):
+    """The run's tokenizer; one without yes/no/maybe as three single tokens is refused before any model loads."""
+    tokenizer = read_tokenizer(model_name, tokenizer_dir)
+    answer_token_ids(tokenizer)
+    return tokenizer
+
+
+def read_tokenizer(model_name: str, tokenizer_dir: str | None):
     from transformers import AutoTokenizer, BioGptTokenizer
 
     if tokenizer_dir:
