@@ -70,7 +70,9 @@ def fairseq_tokenizer_files(tokenizer_dir: str) -> Path:
 
 
 def load_tokenizer(model_name: str, tokenizer_dir: str | None):
-    """The run's tokenizer; one without yes/no/maybe as three single tokens is refused before any model loads."""
+    """The run's tokenizer; one without yes/no/maybe as three single tokens is refused before any model loads.
+    A bad model name is said first, whatever --tokenizer-dir is."""
+    check_model_name(model_name)
     tokenizer = read_tokenizer(model_name, tokenizer_dir)
     answer_token_ids(tokenizer)
     return tokenizer
@@ -85,6 +87,10 @@ def read_tokenizer(model_name: str, tokenizer_dir: str | None):
     if model_name in PRESETS:
         raise UsageError(f"preset {model_name!r} has no tokenizer of its own: pass --tokenizer-dir "
                          "(a directory with BioGPT-Large's fairseq dict.txt + bpecodes)")
+    local = Path(model_name)
+    if local.is_dir() and not any((local / f).is_file() for f in ("tokenizer_config.json", "tokenizer.json")):
+        raise UsageError(f"model directory {model_name} holds no tokenizer: pass --tokenizer-dir (a directory with "
+                         "BioGPT-Large's fairseq dict.txt + bpecodes)")
     try:
         return AutoTokenizer.from_pretrained(model_name)
     except OSError as e:
@@ -109,6 +115,9 @@ def check_model_name(name: str) -> None:
     if name not in PRESETS and "/" not in name and not Path(name).is_dir():
         raise UsageError(f"unknown preset or model {name!r}; presets: {', '.join(PRESETS)}, "
                          "or a hub id like microsoft/BioGPT-Large-PubMedQA, or a local directory")
+    if name not in PRESETS and Path(name).is_dir() and not (Path(name) / "config.json").is_file():
+        raise UsageError(f"model directory {name} holds no config.json: expected a directory written by "
+                         "save_pretrained (or a --save-dir)")
 
 
 def load_config(cfg: RunConfig):
