@@ -162,11 +162,87 @@ def check_attention(attn_implementation: str, device: torch.device) -> None:
                          "(pip install flash-attn --no-build-isolation)")
 
 
+def checkpoint_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape from the safetensors headers of a saved model (no weights read)."""
+    from safetensors import safe_open
+
+    shapes = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as f:
+            shapes.update({key: tuple(f.get_slice(key).get_shape()) for key in f.keys()})
+    return shapes
+
+
+def empty_model(directory: Path, attn_implementation: str):
+    """The model its config.json describes, on the meta device (no memory, no initialisation)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(directory)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"model directory {directory}: unreadable config.json ({str(e).splitlines()[0]})")
+    config._attn_implementation = attn_implementation
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def shrunk_linears(model, shapes: dict[str, tuple[int, ...]], directory: Path) -> dict[str, tuple[int, int]]:
+    """Decoder Linears stored smaller than the config describes (structured pruning removed heads or neurons:
+    BioGPT derives q/k/v/out_proj from hidden_size), by name, with the stored weight shape. A checkpoint that
+    differs from its config in any other way is refused."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    linears = {f"biogpt.layers.{name}.{part}": name for name in decoder_linears(model) for part in ("weight", "bias")}
+    shrunk = {}
+    for key, shape in shapes.items():
+        if key not in expected or shape == expected[key]:
+            continue
+        if key not in linears or any(s > e for s, e in zip(shape, expected[key])):
+            raise UsageError(f"model directory {directory}: {key} is stored as {list(shape)} but its config.json "
+                             f"describes {list(expected[key])}")
+        if key.endswith(".weight"):
+            shrunk[linears[key]] = shape
+    return shrunk
+
+
+def load_shrunk(model, directory: Path, shrunk: dict[str, tuple[int, int]], dtype: torch.dtype,
+                device: torch.device):
+    """A structurally pruned model into `model` (empty_model): each shrunk decoder Linear rebuilt at its stored
+    shape (and each attention's head count from its q_proj), then the stored weights put in place."""
+    from safetensors.torch import load_file
+
+    for name, (rows, cols) in shrunk.items():
+        parent, child = name.rsplit(".", 1)
+        old = getattr(model.biogpt.layers.get_submodule(parent), child)
+        setattr(model.biogpt.layers.get_submodule(parent), child,
+                torch.nn.Linear(cols, rows, bias=old.bias is not None, device="meta"))
+    for layer in model.biogpt.layers:
+        layer.self_attn.num_heads = layer.self_attn.q_proj.out_features // layer.self_attn.head_dim
+    state = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        state.update(load_file(str(file)))
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if unexpected or set(missing) - set(model._tied_weights_keys or {}):
+        raise UsageError(f"model directory {directory} does not hold its model: missing {sorted(missing)[:3]}, "
+                         f"unexpected {sorted(unexpected)[:3]}")
+    model.tie_weights()
+    return model.to(dtype=dtype, device=device).eval()
+
+
 def load_pretrained(name: str, dtype: torch.dtype, device: torch.device, attn_implementation: str = "sdpa",
                     **kwargs):
-    """A hub id or local directory; kwargs go to from_pretrained (e.g. quantization_config)."""
+    """A hub id or local directory; kwargs go to from_pretrained (e.g. quantization_config). A local directory
+    of a structurally pruned model loads at its stored shapes."""
     from transformers import AutoModelForCausalLM
 
+    directory = Path(name)
+    if directory.is_dir():
+        model = empty_model(directory, attn_implementation)
+        shrunk = shrunk_linears(model, checkpoint_shapes(directory), directory)
+        if shrunk and kwargs:
+            raise UsageError(f"model directory {name} holds a structurally pruned model ({len(shrunk)} decoder "
+                             "Linears smaller than its config): it loads unquantized only")
+        if shrunk:
+            return load_shrunk(model, directory, shrunk, dtype, device)
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation=attn_implementation,
                                                      use_safetensors=None, **kwargs)

@@ -3,8 +3,6 @@ structured (FFN neurons / attention heads removed, so the matrices shrink). Embe
 are never touched."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 from torch.nn.utils import prune
@@ -158,27 +156,11 @@ def prune_structured(model, sparsity: float, heads_fraction: float) -> dict:
 
 
 def load_pruned(path: str, dtype=torch.float32, device="cpu"):
-    """Reload a saved pruned model. FFN-only structured pruning reloads with plain from_pretrained too; with heads
-    removed q/k/v/out_proj no longer match the config, so each Linear is rebuilt at the shape stored on disk."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, BioGptForCausalLM
+    """Reload a saved pruned model, as `--model DIR` does: with heads removed q/k/v/out_proj no longer match the
+    config, so the shared loader rebuilds each decoder Linear at the shape stored on disk."""
+    from evaluation.modeling import load_pretrained
 
-    state = {}
-    for file in sorted(Path(path).glob("*.safetensors")):
-        state.update(load_file(str(file)))
-    model = BioGptForCausalLM(AutoConfig.from_pretrained(path))
-    for name, m in list(decoder_linears(model).items()):
-        shape = state[f"biogpt.layers.{name}.weight"].shape
-        if shape != m.weight.shape:
-            parent = model.biogpt.layers.get_submodule(name.rsplit(".", 1)[0])
-            setattr(parent, name.rsplit(".", 1)[1], nn.Linear(shape[1], shape[0], bias=m.bias is not None))
-    for layer in model.biogpt.layers:
-        layer.self_attn.num_heads = layer.self_attn.q_proj.weight.shape[0] // layer.self_attn.head_dim
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or set(missing) - {"lm_head.weight", "output_projection.weight"}:
-        raise ValueError(f"{path}: checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
-    model.tie_weights()
-    return model.to(dtype=dtype, device=device).eval()
+    return load_pretrained(path, dtype, torch.device(device))
 
 
 # --- 2:4 on sparse tensor cores ----------------------------------------------------------------------------------

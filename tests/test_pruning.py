@@ -1,4 +1,5 @@
 """Pruning: measured sparsity, shrinking and reloading, the 2:4 pattern, test-set isolation, bad input."""
+import csv
 import json
 import subprocess
 import sys
@@ -163,3 +164,22 @@ def test_bad_input_exits_2_from_the_command_line(base_args):
 def test_block_size_that_does_not_divide_is_refused(model):
     with pytest.raises(UsageError, match="does not divide"):
         sparsify.prune_block(model, 0.5, 48, "global")
+
+
+def test_a_saved_head_pruned_model_runs_with_model_dir(base_args, tmp_path):
+    """README: a --save-dir runs with --model DIR. With heads removed the config no longer describes q/k/v/out_proj;
+    the shared loader builds them at their stored shapes, and the logits are the pruning run's."""
+    saved = tmp_path / "saved"
+    assert run_in_process(base_args, "--strategy", "structured", "--sparsity", "0.3", "--heads-fraction", "0.5",
+                          "--save-dir", str(saved), "--run-name", "pruned", "--min-passes", "0") == 0
+    assert run_script("baseline.baseline", [*base_args, "--model", str(saved), "--run-name", "reloaded",
+                                            "--min-passes", "0"]) == 0
+    runs = {name: json.loads((tmp_path / "results" / name / "results.json").read_text())
+            for name in ("pruned", "reloaded")}
+    assert runs["reloaded"]["model"]["parameters"] == runs["pruned"]["model"]["parameters"]
+    assert runs["reloaded"]["run"]["weights"] == "random"
+
+    def logits(name):
+        with open(tmp_path / "results" / name / "per_question.csv") as f:
+            return {r["pmid"]: [r[f"logit_{x}"] for x in ("yes", "no", "maybe")] for r in csv.DictReader(f)}
+    assert logits("reloaded") == logits("pruned")
