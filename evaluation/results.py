@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
@@ -22,26 +23,103 @@ def default_run_name(cfg: RunConfig) -> str:
     return f"{cfg.technique}-{cfg.variant}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+TEMP_NAME_EXTRA = 10  # write_run's temporary sibling ".NAME." + mkdtemp's 8 characters; the lock is ".NAME.lock"
+_claims: dict[Path, tuple[int, list[Path]]] = {}  # run dir -> (its lock's descriptor, output dirs the run created)
+
+
 def check_output_dir(cfg: RunConfig) -> Path:
-    """Fail before any work when the run directory can't be written or would replace another run; returns it."""
+    """Fail before any work when the run directory can't be written, would replace another run, or is being
+    written by a run in progress; returns it, claimed for this run until release_run_dirs()."""
     name = cfg.run_name or default_run_name(cfg)
     if "/" in name or name in (".", ".."):
         raise UsageError(f"--run-name must be a plain name, got {name!r}")
     root = Path(cfg.output_dir)
-    if (root / name).exists() and not cfg.overwrite:
-        raise UsageError(f"run directory {root / name} already exists; pick another --run-name or pass --overwrite")
+    check_name_length(root, name)
     created = [d for d in (root, *root.parents) if not d.exists()]  # deepest first
     try:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=root):
             pass
-    except OSError as e:
+        _claims[root / name] = (claim_run_dir(root / name), created)
+    except (OSError, UsageError) as e:
+        remove_empty(created)  # checked, not kept: the run makes them when it has something to write
+        if isinstance(e, UsageError):
+            raise
         raise UsageError(f"output directory not writable: {root} ({e.strerror or e})")
-    finally:
-        for d in created:  # checked, not kept: the run makes them when it has something to write
-            if d.is_dir() and not any(d.iterdir()):
-                d.rmdir()
+    if (root / name).exists() and not cfg.overwrite:  # asked only now that no other run can be writing it
+        release_run_dir(root / name)
+        raise UsageError(f"run directory {root / name} already exists; pick another --run-name or pass --overwrite")
     return root / name
+
+
+def check_name_length(root: Path, name: str) -> None:
+    """The run's files are named after it: a name the file system can't hold is refused before any work."""
+    existing = next(d for d in (root, *root.parents) if d.exists())
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    if len(os.fsencode(name)) + TEMP_NAME_EXTRA > limit:
+        raise UsageError(f"--run-name is {len(os.fsencode(name))} bytes long; file names in {existing} hold "
+                         f"{limit}, so a run name may have at most {limit - TEMP_NAME_EXTRA}")
+
+
+def claim_run_dir(run_dir: Path) -> int:
+    """An exclusive lock on .NAME.lock beside the run directory, held until the run ends: a second run of the same
+    name (with --overwrite too) is refused while this one goes on. The kernel drops the lock when its process dies,
+    so a crashed run's leftover lock file blocks nothing. Returns the lock's file descriptor."""
+    lock = lock_path(run_dir)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UsageError(f"run directory {run_dir} is being written by a run in progress (pid {holder}); pick "
+                             "another --run-name or wait for that run to end")
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # its holder ended and removed it between our open and our lock: lock the new one
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def lock_path(run_dir: Path) -> Path:
+    return run_dir.parent / f".{run_dir.name}.lock"
+
+
+def release_run_dir(run_dir: Path) -> None:
+    """End this process's claim on `run_dir`: its lock file goes, and so do the output directories the run
+    created if nothing was written into them."""
+    fd, created = _claims.pop(run_dir)
+    lock_path(run_dir).unlink(missing_ok=True)  # before unlocking: see claim_run_dir
+    os.close(fd)
+    remove_empty(created)
+
+
+def release_run_dirs() -> None:
+    """End every claim of this process (its run finished or failed)."""
+    for run_dir in list(_claims):
+        release_run_dir(run_dir)
+
+
+def remove_empty(directories: list[Path]) -> None:
+    for d in directories:  # deepest first
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+
+
+def share_files(directory: Path) -> None:
+    """Files a technique saved into the run directory, readable by others as the directory is (safetensors
+    writes its files 0600)."""
+    for path in directory.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def environment(device: torch.device) -> dict:
@@ -123,10 +201,12 @@ def _csv_text(rows: list[dict]) -> str:
 
 
 def write_run(run_dir: Path, results: dict, rows: list[dict]) -> Path:
-    """Write the three files into a temporary sibling directory, then move it into place in one step."""
+    """Write the three files into a temporary sibling directory, then move it into place in one step. A write
+    that fails (disk full, quota) leaves nothing behind and is one line."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
+    tmp = None
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
         (tmp / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
         predictions = {r["pmid"]: r["prediction"] for r in rows}
         (tmp / "predictions.json").write_text(json.dumps(predictions, indent=2) + "\n")
@@ -135,8 +215,12 @@ def write_run(run_dir: Path, results: dict, rows: list[dict]) -> Path:
         if run_dir.exists():
             shutil.rmtree(run_dir)
         os.replace(tmp, run_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise UsageError(f"could not write the results into {run_dir.parent} ({e.strerror or e}): this run's "
+                             f"results ({len(rows)} questions, every figure) are lost, nothing was written") from None
         raise
     return run_dir
 

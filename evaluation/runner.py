@@ -21,7 +21,7 @@ from .metrics import fidelity
 from .modeling import DTYPES, check_attention, footprint_bytes, load_model, parameter_count, resolve_device
 from .reference import Reference
 from .resolve import Resolved, resolve
-from .results import check_output_dir, environment, write_run
+from .results import check_output_dir, environment, release_run_dirs, share_files, write_run
 from .stats import align, comparison_stats, run_stats
 from .summary import print_summary
 from .telemetry import peak_memory
@@ -52,6 +52,8 @@ def run(cfg: RunConfig, apply=None, load=load_model) -> dict:
         return _run(cfg, apply, load)
     except KeyboardInterrupt as e:  # until results/<run>/ is moved into place, there is nothing on disk
         raise KeyboardInterrupt(*(e.args or ("nothing written",))) from None
+    finally:
+        release_run_dirs()  # check_output_dir's claim on the run directory, however the run ended
 
 
 def check_run(cfg: RunConfig) -> torch.device:
@@ -120,6 +122,7 @@ def evaluate_and_log(cfg: RunConfig, model, run: Resolved, load_s: float, setup_
     write_run(run.run_dir, results, rows)
     if applied.save is not None:
         applied.save(run.run_dir)
+        share_files(run.run_dir)
     try:
         log_to_wandb(cfg, results, rows, history, run.run_dir, applied.curves)
     except KeyboardInterrupt:

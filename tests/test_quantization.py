@@ -158,6 +158,9 @@ def test_qat_trains_converts_saves_and_never_sees_test_pmids(tokenizer_dir, shor
     assert q["converted"] and q["linears"]["converted"] == 12
     assert list(q["linears"]["kinds"]) == ["torch.nn.modules.linear.Linear / IntxUnpackedToInt8Tensor"]
     assert len(json.loads((run / "predictions.json").read_text())) == 6
+    # readable by others, as the run directory is (safetensors writes 0600)
+    modes = {str(p.relative_to(run)): p.stat().st_mode & 0o777 for p in run.rglob("*")}
+    assert modes["model/model.safetensors"] == 0o644 and set(modes.values()) <= {0o644, 0o755}, modes
 
     # the safetensors checkpoint loads back (no pickle) into the same int4 model
     model = qat.load_checkpoint(run / "model")
