@@ -1,4 +1,8 @@
 """Shared PubMedQA evaluation harness for the BioGPT-Large optimization scripts."""
+from .config import quiet_ctrl_c_while_starting
+
+quiet_ctrl_c_while_starting()  # first, before torch and transformers take their seconds to import
+
 from .config import DtypeOptions, Options, RunConfig, UsageError, option, parse_config, quiet_third_party, run_main
 from .data import LABELS, Question, load_finetuning_data, load_test_questions, load_train_questions
 from .harness import evaluate

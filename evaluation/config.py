@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import warnings
 import os
+import signal
 import sys
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 DEFAULT_MODEL = "microsoft/BioGPT-Large-PubMedQA"
 DATA_DIR_ENV = "PUBMEDQA_DATA_DIR"
@@ -196,9 +198,34 @@ def parse_config(technique: str, options_cls=Options, argv=None, description: st
     return RunConfig(**shared, technique=technique, options=options_cls(**_pick(options_cls, args)))
 
 
+def _interrupted_while_starting(signum, frame):
+    print("\ninterrupted; nothing written", file=sys.stderr, flush=True)
+    os._exit(130)  # nothing to clean up: a script writes only once run_main runs it
+
+
+def started_as_a_script() -> bool:
+    """Whether this process is one of the repository's scripts starting (`python <folder>/<script>.py`,
+    `python -m evaluation.X`), not a test runner, notebook or shell that imports the package."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path and getattr(main, "__spec__", None) is None:
+        return Path(path).resolve().is_relative_to(Path(__file__).resolve().parents[1])
+    argv = getattr(sys, "orig_argv", [])
+    return "-m" in argv[:-1] and argv[argv.index("-m") + 1].startswith("evaluation.")
+
+
+def quiet_ctrl_c_while_starting() -> None:
+    """Ctrl-C during a script's imports (seconds of torch and transformers): one line and exit code 130, as later
+    (run_main), not an import traceback. Not where SIGINT is ignored (a background job) or handled by others."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler and started_as_a_script():
+        signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+
 def run_main(main) -> None:
     """Run a script's main(); bad input ends it with one line on stderr and exit code 2, Ctrl-C with one line
     (what was kept, when the interrupted code said so in the KeyboardInterrupt) and exit code 130."""
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:  # from here on, what was kept is said
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main()
     except UsageError as e:

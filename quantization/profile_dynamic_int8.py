@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import evaluation  # first: a Ctrl-C while torch imports is then one line, not a traceback
 import torch
 
 from evaluation import (PRESETS, Options, UsageError, load_model, load_test_questions, load_tokenizer, option,

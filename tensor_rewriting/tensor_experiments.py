@@ -12,6 +12,7 @@ dtype's tolerance or the run exits 1.
 import sys
 from dataclasses import dataclass
 
+import evaluation  # first: a Ctrl-C while torch imports is then one line, not a traceback
 import torch
 
 from evaluation import Applied, DtypeOptions, UsageError, main, option
