@@ -240,12 +240,26 @@ def _drop_log_records(logger: str, text: str) -> None:
     logging.getLogger(logger).addFilter(lambda record: text not in record.getMessage())
 
 
+def _once_log_records(logger: str, text: str) -> None:
+    said = False
+
+    def first_only(record) -> bool:
+        nonlocal said
+        if text not in record.getMessage():
+            return True
+        first, said = not said, True
+        return first
+    logging.getLogger(logger).addFilter(first_only)
+
+
 def quiet_third_party() -> None:
     """Drop start-up messages a user can do nothing about, by logger and text, so that every other warning
     still shows. Installed when `evaluation` is imported, before transformers imports torchao."""
     # torchao ships CUDA-only extensions (mxfp8, cutlass sm90a) that fail to load on other builds and devices;
     # what needs them says so itself when it runs
     _drop_log_records("torchao", "Failed to load")
+    # bitsandbytes' int8 matmul on a CPU says it casts its inputs to float16 on every call of every Linear: once is news
+    _once_log_records("bitsandbytes.autograd._functions", "MatMul8bitLt: inputs will be cast")
     # torchao registers its enums as pytree constants, which torch >= 2.13 deprecates (torchao's to fix)
     _drop_log_records("torch.utils._pytree", "is an Enum subclass and is now natively supported")
     # torch.export's own pytree code trips torch's LeafSpec deprecation (printed from copyreg during TVM export)

@@ -124,3 +124,15 @@ def test_options_dataclass_fills_defaults_where_used():
     assert PrecisionOptions(precision="int8").int8_threshold == 6.0
     assert PrecisionOptions(precision="int4").compute_dtype == "bfloat16"
     assert PrecisionOptions(precision="float32").compute_dtype is None
+
+
+def test_bitsandbytes_int8_cast_notice_is_said_once(tokenizer_dir, data_dir, tmp_path):
+    """bitsandbytes logs its CPU input cast on every call of every Linear (108 lines for three passes over 6
+    questions on tiny-random): the user sees it once."""
+    r = subprocess.run([sys.executable, str(SCRIPT), "--precision", "int8", "--model", "tiny-random",
+                        "--tokenizer-dir", tokenizer_dir, "--data-dir", data_dir, "--limit", "6", "--batch-size", "4",
+                        "--min-passes", "1", "--wandb", "disabled", "--output-dir", str(tmp_path / "out")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    said = [line for line in (r.stdout + r.stderr).splitlines() if "MatMul8bitLt: inputs will be cast" in line]
+    assert len(said) == 1, len(said)
