@@ -35,6 +35,27 @@ def offline_line(run, why: str, what: str) -> str:
     return f"wandb: {why}{what} was logged offline in {where}; upload it with `wandb sync {where}`"
 
 
+INIT_TIMEOUT_S = 10.0  # wandb waits 90 s by default: without network a run's last line came that much later
+
+
+def init_timeout_s() -> float:
+    """How long an online run may take to start before it is logged offline (env WANDB_INIT_TIMEOUT, wandb's own)."""
+    try:
+        return float(os.environ.get("WANDB_INIT_TIMEOUT", INIT_TIMEOUT_S))
+    except ValueError:
+        return INIT_TIMEOUT_S
+
+
+def settings(wandb):
+    """Silent (no banner, no sparklines: the lines a user acts on are ours) and bounded in its start."""
+    return wandb.Settings(silent=True, init_timeout=init_timeout_s())
+
+
+def _why(e: Exception) -> str:
+    """An exception in one line: wandb's messages run to several (advice on settings)."""
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+
+
 def tags(cfg, weights: str) -> list[str]:
     return [cfg.technique, cfg.variant, cfg.decode, cfg.dtype, f"weights: {weights}"]
 
@@ -50,21 +71,32 @@ class Tracker:
             return
         self.why_offline = why_offline(cfg.wandb)
         try:
-            import wandb
-
-            self.wandb = wandb
-            run = results["run"]
-            config = results["config"] | {"resolved": run, "environment": results.get("environment")}
-            # silent: no banner, no sparklines; the lines a user acts on (where the run is) are ours
-            self.run = wandb.init(project=cfg.wandb_project, group=cfg.technique, name=run["run_name"],
-                                  tags=tags(cfg, run["weights"]), config=config, mode=self.mode,
-                                  dir=str(run_dir.parent), reinit="finish_previous",
-                                  settings=wandb.Settings(silent=True))
+            self.run = self._start(cfg, results, run_dir)
             if self.mode == "online":
                 print(f"wandb: logging to {self.run.url}")
+            return
         except Exception as e:
-            print(f"wandb: could not start a run ({type(e).__name__}: {e}); results are on disk in {run_dir}",
-                  file=sys.stderr)
+            reason = _why(e)
+        if self.mode == "online":  # no network, a bad key, the server down: the run is kept, offline
+            self.mode = "offline"
+            self.why_offline = (f"the online run did not start ({reason}; limit {init_timeout_s():g} s, env "
+                                "WANDB_INIT_TIMEOUT), so ")
+            try:
+                self.run = self._start(cfg, results, run_dir)
+                return
+            except Exception as e:
+                reason = _why(e)
+        print(f"wandb: could not start a run ({reason}); results are on disk in {run_dir}", file=sys.stderr)
+
+    def _start(self, cfg, results: dict, run_dir: Path):
+        import wandb
+
+        self.wandb = wandb
+        run = results["run"]
+        config = results["config"] | {"resolved": run, "environment": results.get("environment")}
+        return wandb.init(project=cfg.wandb_project, group=cfg.technique, name=run["run_name"],
+                          tags=tags(cfg, run["weights"]), config=config, mode=self.mode, dir=str(run_dir.parent),
+                          reinit="finish_previous", settings=settings(wandb))
 
     def _guard(self, fn, *args, **kwargs):
         if self.run is None:
@@ -121,7 +153,7 @@ def log_report(requested: str, project: str, rows: list[dict], failed: list[dict
         import wandb
 
         run = wandb.init(project=project, job_type="report", name=f"report-{time.strftime('%Y%m%d-%H%M%S')}",
-                         mode=mode, dir=str(out), settings=wandb.Settings(silent=True))
+                         mode=mode, dir=str(out), settings=settings(wandb))
         cols = [k for k in rows[0] if k != "path"] if rows else ["run"]
         data = {"report": wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])}
         fcols = ["run", "skipped", "returncode", "reason", "command", "stderr_tail"]
@@ -132,4 +164,4 @@ def log_report(requested: str, project: str, rows: list[dict], failed: list[dict
         run.finish()
         print(where or offline_line(run, why_offline(requested), "the report"))
     except Exception as e:
-        print(f"wandb: report not logged ({type(e).__name__}: {e}); it is on disk", file=sys.stderr)
+        print(f"wandb: report not logged ({_why(e)}); it is on disk", file=sys.stderr)
