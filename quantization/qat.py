@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import evaluation  # first: a Ctrl-C while torch imports is then one line, not a traceback
 import torch
 
 from evaluation import Applied, Options, UsageError, load_finetuning_data, main, option, require_all_converted
@@ -96,7 +97,8 @@ class QATOptions(Options):
                                     choices=INT4_GROUP_SIZES)
     steps: int = option(100, "Optimizer steps of fine-tuning.")
     train_batch_size: int = option(4, "Training examples per micro-batch.")
-    lr: float = option(1e-5, "Peak learning rate (linear warm-up over 10% of the steps, then linear decay).")
+    lr: float = option(1e-5, "Peak learning rate (linear warm-up over the first tenth of the steps, then linear "
+                             "decay).")
     grad_accum: int = option(1, "Micro-batches per optimizer step.")
     bf16_autocast: bool = option(False, "Train under bfloat16 autocast (CUDA only).")
     no_convert: bool = option(False, "Evaluate the fine-tuned model without quantization (fake quantization "
