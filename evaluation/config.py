@@ -205,13 +205,14 @@ def _interrupted_while_starting(signum, frame):
 
 def started_as_a_script() -> bool:
     """Whether this process is one of the repository's scripts starting (`python <folder>/<script>.py`,
-    `python -m evaluation.X`), not a test runner, notebook or shell that imports the package."""
+    `python -m <folder>.<module>`), not a test runner, notebook or shell that imports the package."""
+    root = Path(__file__).resolve().parents[1]
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
     if path and getattr(main, "__spec__", None) is None:
-        return Path(path).resolve().is_relative_to(Path(__file__).resolve().parents[1])
+        return Path(path).resolve().is_relative_to(root)
     argv = getattr(sys, "orig_argv", [])
-    return "-m" in argv[:-1] and argv[argv.index("-m") + 1].startswith("evaluation.")
+    return "-m" in argv[:-1] and (root / argv[argv.index("-m") + 1].split(".")[0] / "__init__.py").is_file()
 
 
 def quiet_ctrl_c_while_starting() -> None:

@@ -2,7 +2,7 @@
 with its dispatcher's choice or one backend forced (torch.nn.attention.sdpa_kernel: math, flash, efficient, cuDNN).
 
 Everything else is the fp32 baseline, so a run's agreement and speed against the baseline are the kernel's alone.
-tensor_rewriting/attention_table.py measures the same switch per batch size x sequence length, as BioGPT's docs do.
+benchmarks/attention_table.py measures the same switch per batch size x sequence length, as BioGPT's docs do.
 
     python tensor_rewriting/attention_experiments.py --kernel eager --model tiny-random \
         --tokenizer-dir ../shared/data/biogpt-large --data-dir ../shared/data/pubmedqa --limit 20

@@ -110,25 +110,3 @@ def test_tvm_refuses_out_of_range_ids():
         check_indices(make_batches([[2, 100]], 1, 1, False, torch.device("cpu")), config)
     with pytest.raises(UsageError, match="positions"):
         check_indices(make_batches([[2] * 65], 1, 1, False, torch.device("cpu")), config)
-
-
-def test_tvm_layer_profile_projects_from_two_cuts(base_args, tmp_path):
-    pytest.importorskip("tensor_rewriting.tvm_relax")
-    profile = ROOT / "tensor_rewriting" / "profile_tvm_layers.py"
-    out = tmp_path / "layers.json"
-    proc = run_script(base_args, "--limit", "2", "--batch-size", "2", "--rounds", "1", "--out", str(out),
-                      script=profile)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads(out.read_text())
-    assert [c["layers"] for c in r["cuts"]] == [1, 2] and r["weights"] == "random"
-    for cut in r["cuts"]:
-        assert cut["shape"][0] in (1, 2) and cut["tvm_compilations"] == 1 and cut["max_abs_logit_diff"] < 1e-4
-    for backend in ("eager", "tvm"):
-        one, two = (c[f"{backend}_s"] for c in r["cuts"])
-        p = r["projected"][backend]
-        assert p["per_layer_s"] == pytest.approx(two - one)
-        assert r["layers"] == 2 and p["full_depth_s"] == pytest.approx(two)  # tiny-random: the 2-layer cut itself
-
-    not_a_preset = run_script([a if a != "tiny-random" else "microsoft/BioGPT-Large-PubMedQA" for a in base_args],
-                              script=profile)
-    assert not_a_preset.returncode == 2 and "must be a preset" in not_a_preset.stderr
