@@ -2,8 +2,8 @@
 run by an InferenceSession on the CPU, CUDA or TensorRT execution provider.
 
 Artifacts: fp32 = the ONNX export after the transformers optimizer (the fusions it applies are recorded);
-int8-dynamic = fp32 through onnxruntime.quantization.quantize_dynamic (every MatMul with a weight: int8 weights,
-uint8 activations quantized per call); fp16 = fp32 with float16 weights and activations, float32 in and out."""
+int8-dynamic = fp32 through onnxruntime.quantization.quantize_dynamic (every decoder MatMul: int8 weights per
+channel, uint8 activations quantized per call); fp16 = fp32 in float16, float32 in and out (CUDA only)."""
 from __future__ import annotations
 
 import collections
@@ -32,7 +32,7 @@ QUANTIZED_MATMULS = {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToF
 
 def check_device(mode: str, device: torch.device) -> None:
     """Before any loading: CUDA needs the onnxruntime-gpu build; dynamic int8 runs on the CPU only, float16 on
-    CUDA only (ORT's CPU provider lacks float16 kernels for most of this graph and casts around them)."""
+    CUDA only (float16 is a GPU format for ONNX Runtime: its CPU provider's float16 kernels are few)."""
     if device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
         raise UsageError("--backend onnxruntime on CUDA needs the onnxruntime-gpu package (this onnxruntime has "
                          f"{', '.join(ort.get_available_providers())}): pip uninstall onnxruntime && "

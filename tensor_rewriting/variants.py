@@ -1,5 +1,6 @@
 """The tensor-rewriting variants the matrix runs (python -m evaluation.matrix): torch.compile backends and modes,
-TVM, ONNX Runtime and OpenVINO, and the attention kernels; sweeps/ are written from this list. "cpu": in the CPU benchmark (--suite cpu)."""
+TVM, ONNX Runtime and OpenVINO, and the attention kernels; sweeps/ are written from this list. "cpu": in the CPU
+benchmark (--suite cpu)."""
 from evaluation.matrix import Variant
 from tensor_rewriting.attention_experiments import AttentionOptions
 from tensor_rewriting.tensor_experiments import CompileOptions
