@@ -1,5 +1,4 @@
-"""Tensor rewriting: BioGPT's answer-logits forward compiled by torch.compile backends or Apache TVM Relax, or
-exported to ONNX Runtime or OpenVINO.
+"""Tensor rewriting: BioGPT's answer-logits forward compiled (torch.compile, TVM Relax) or run by ONNX Runtime/OpenVINO.
 
 Every backend runs the token-budget batches eager uses. torch.compile backends compile once with dynamic shapes;
 TVM, CUDA graphs and reduce-overhead compile static shapes, each batch's length rounded up to a bucket, each shape
