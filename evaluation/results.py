@@ -149,7 +149,8 @@ def package_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("torchao", "bitsandbytes", "apache-tvm", "accelerate"):
+    for name in ("torchao", "bitsandbytes", "apache-tvm", "accelerate", "onnx", "onnxscript", "onnxruntime",
+                 "onnxruntime-gpu", "openvino", "nncf"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:

@@ -68,15 +68,23 @@ def warm_up(forward: CompiledForward, model, batches, answer_ids) -> list[tuple[
 
 def eager_check(forward, model, batches, answer_ids, dtype: str) -> dict:
     """Compiled vs plain-PyTorch logits on the same padded batches: max |diff|, agreement, pass/fail."""
-    got = torch.cat([forward(model, b, answer_ids).float().cpu()
-                     for b in tqdm(batches, desc="eager check: compiled", unit="batch")])
-    want = torch.cat([answer_logits(model, b, answer_ids).float().cpu() for b in batches])
+    got = forward_logits(forward, model, batches, answer_ids)
+    want = forward_logits(answer_logits, model, batches, answer_ids)
     atol, rtol = TOLERANCE[dtype]
-    scale = want.abs().max().item()
-    tolerance = atol + rtol * scale
+    return compare_logits(got, want, atol + rtol * want.abs().max().item())
+
+
+def forward_logits(forward, model, batches, answer_ids) -> torch.Tensor:
+    """[questions, 3] float32 logits of forward(model, batch, answer_ids) over these batches, on the CPU."""
+    return torch.cat([forward(model, b, answer_ids).float().cpu()
+                      for b in tqdm(batches, desc="eager check", unit="batch", leave=False)])
+
+
+def compare_logits(got: torch.Tensor, want: torch.Tensor, tolerance: float) -> dict:
+    """The eager check's record: max |diff| against `tolerance`, argmax agreement, pass/fail."""
     diff = (got - want).abs().max().item()
     finite = bool(torch.isfinite(got).all())
     return {"check_questions": len(want), "max_abs_logit_diff": diff if finite else math.inf,
-            "eager_logit_scale": scale, "tolerance": tolerance,
+            "eager_logit_scale": want.abs().max().item(), "tolerance": tolerance,
             "agreement_pct": 100.0 * (got.argmax(1) == want.argmax(1)).float().mean().item(),
             "passed": finite and diff <= tolerance}

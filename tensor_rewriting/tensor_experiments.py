@@ -1,13 +1,14 @@
-"""Tensor rewriting: BioGPT's answer-logits forward compiled by torch.compile backends or Apache TVM Relax.
+"""Tensor rewriting: BioGPT's answer-logits forward compiled (torch.compile, TVM Relax) or run by ONNX Runtime/OpenVINO.
 
 Every backend runs the token-budget batches eager uses. torch.compile backends compile once with dynamic shapes;
 TVM, CUDA graphs and reduce-overhead compile static shapes, each batch's length rounded up to a bucket, each shape
-once. All compiling happens before the timed passes; an eager check on the same inputs must agree within the
-dtype's tolerance or the run exits 1.
+once; the runtimes run one export with dynamic shapes (tensor_rewriting/runtimes.py). All compiling happens before
+the timed passes; an eager check on the same inputs must agree within the tolerance or the run exits 1.
 
     python tensor_rewriting/tensor_experiments.py --backend inductor --mode default --model tiny-random \
         --tokenizer-dir ../shared/data/biogpt-large --data-dir ../shared/data/pubmedqa --limit 16
     python tensor_rewriting/tensor_experiments.py --backend tvm --mode ansor --tvm-trials 64 ...
+    python tensor_rewriting/tensor_experiments.py --backend onnxruntime --mode int8-dynamic ...
 """
 import sys
 from dataclasses import dataclass
@@ -18,20 +19,26 @@ import torch
 from evaluation import Applied, DtypeOptions, UsageError, main, option
 from evaluation.modeling import DTYPES
 from tensor_rewriting.hot_path import DEFAULT_BUCKETS, AnswerLogits, CompiledForward, eager_check, warm_up
+from tensor_rewriting.runtime_cache import default_cache_dir
+from tensor_rewriting.runtimes import RUNTIME_MODES, apply_runtime, check_runtime
 
 MODES = {"eager": ["default"], "aot_eager": ["default"], "cudagraphs": ["default"],
          "inductor": ["default", "reduce-overhead", "max-autotune"],
-         "tvm": ["default", "ansor", "meta-schedule"]}
+         "tvm": ["default", "ansor", "meta-schedule"], **RUNTIME_MODES}
 
 
 @dataclass(frozen=True)
 class CompileOptions(DtypeOptions):
     backend: str = option("inductor", "eager/aot_eager/inductor/cudagraphs: torch.compile with that backend (eager: "
                                       "dynamo capture only, the control); tvm: torch.export -> TVM Relax -> LLVM "
-                                      "(CPU) or CUDA.", choices=list(MODES))
+                                      "(CPU) or CUDA; onnxruntime, openvino: torch.export -> ONNX / OpenVINO IR, run "
+                                      "by that runtime (float32 --dtype; precision by --mode).", choices=list(MODES))
     mode: str = option("default", "inductor: default, reduce-overhead or max-autotune; tvm: default (the Relax "
                                   "pipeline; see tensor_rewriting/README.md for what it costs on a CPU) or ansor "
-                                  "(= meta-schedule, MetaSchedule auto-tuning); the other backends: default.",
+                                  "(= meta-schedule, MetaSchedule auto-tuning); onnxruntime: default (fp32), "
+                                  "int8-dynamic or fp16 (CUDA); openvino: default (fp32), int8-weights (NNCF), "
+                                  "int8-weights-dynamic (plus dynamic int8 activations) or bf16 (CPUs with bf16 "
+                                  "units); the other backends: default.",
                        choices=sorted({m for ms in MODES.values() for m in ms}))
     shapes: str = option("auto", "static: eager's token-budget batches with each length rounded up to a bucket "
                                  "(--buckets), one compilation per [rows, length] shape; dynamic: one compilation "
@@ -46,6 +53,9 @@ class CompileOptions(DtypeOptions):
     tvm_trials: int = option(64, "tvm ansor: the MetaSchedule trial budget in all.")
     tvm_work_dir: str = option("results/tvm-work", "tvm ansor: the MetaSchedule database directory; a later run "
                                                    "reuses its tuning records.")
+    runtime_cache_dir: str = option(default_cache_dir(), "onnxruntime, openvino: where exported and quantized "
+                                                         "models are kept (keyed by model, mode and library "
+                                                         "versions) and reused by later runs.")
     tvm_tune_ops: str = option("matmul", "tvm ansor: tune only fused kernels whose name holds one of these "
                                          "comma-separated words ('all': every kernel); the matmuls hold nearly all "
                                          "of the time.")
@@ -61,6 +71,15 @@ class CompileOptions(DtypeOptions):
         self.bucket_lengths  # noqa: B018  (refuses a malformed list now)
         if self.shapes == "dynamic" and self.static_only:
             raise UsageError(f"--shapes dynamic: {self.backend} {self.mode} compiles static shapes only")
+        if self.runtime and self.shapes == "static":
+            raise UsageError(f"--shapes static: --backend {self.backend} runs one export with dynamic shapes")
+        if self.runtime and self.dtype_name != "float32":
+            raise UsageError(f"--backend {self.backend} exports the float32 model (--dtype float32); its precision "
+                             f"is --mode ({'|'.join(MODES[self.backend])})")
+
+    @property
+    def runtime(self) -> bool:
+        return self.backend in RUNTIME_MODES
 
     @property
     def static_only(self) -> bool:
@@ -90,9 +109,12 @@ class CompileOptions(DtypeOptions):
 
     def check(self, cfg, device):
         if cfg.decode != "score":
-            raise UsageError("tensor_experiments compiles the score path; --decode generate is not supported")
+            raise UsageError(f"--backend {self.backend} compiles the score path (no KV cache in the compiled or "
+                             "exported graph); --decode generate is not supported")
         if self.backend == "cudagraphs" and device.type != "cuda":
             raise UsageError("--backend cudagraphs needs a CUDA device (CUDA graphs do not exist on CPU)")
+        if self.runtime:
+            check_runtime(self.backend, self.mode, device)
 
 
 def compile_forward(module, opts, device, shapes: int):
@@ -110,6 +132,8 @@ def compile_forward(module, opts, device, shapes: int):
 def apply(model, cfg, run) -> Applied:
     """Compile, warm every shape up (so compilation is setup, never a timed pass) and check against eager."""
     opts, device = cfg.options, run.device
+    if opts.runtime:
+        return apply_runtime(model, cfg, run)
     batches, answer_ids = run.prompts.batches, run.prompts.answer_ids
     if opts.backend == "tvm":
         from tensor_rewriting.tvm_relax import check_indices
