@@ -18,7 +18,7 @@ import evaluation  # noqa: F401  first: a Ctrl-C while torch imports is then one
 import torch
 
 from evaluation.config import HelpFormatter, add_options
-from evaluation.stats import median_ci
+from evaluation import stats
 
 
 def parse_options(cls, description: str, argv=None):
@@ -48,11 +48,11 @@ def interleaved(calls: dict, rounds: int, clock, before=lambda name: None) -> di
 
 
 def paired_speedup(base_ms: list[float], ms: list[float], flag: str) -> dict:
-    """The median over rounds of base / this (> 1: faster), each ratio taken within one round so that drift
-    between rounds cancels, with its distribution-free interval (evaluation.stats.median_ci)."""
-    ci = median_ci([b / t for b, t in zip(base_ms, ms)])
+    """base / this (> 1: faster) over rounds timed together, as the runs' --paired speed-up is computed
+    (evaluation.stats.paired_speedup: each ratio taken within one round, so drift between rounds cancels)."""
+    ci = stats.paired_speedup(base_ms, ms)
     if ci["reason"]:
-        ci["reason"] = f"{ci['n']} rounds are too few for a {ci['confidence']:.0%} interval of the median ({flag})"
+        ci["reason"] = f"{ci['n_rounds']} round(s) are too few for an interval ({flag})"
     return ci
 
 

@@ -102,7 +102,11 @@ class RunConfig:
     run_name: str | None = option(None, "The run directory's name; by default technique-variant-model-timestamp.")
     overwrite: bool = option(False, "Replace an existing run directory of the same name (refused otherwise).")
     reference: str | None = option(None, "An earlier run directory (or its results.json) to compare predictions "
-                                         "and logits with.")
+                                         "and logits with. Its speed-up was timed apart: never called "
+                                         "significant (use --paired).")
+    paired: bool = option(False, "Time the reference computation (fp32 eager, same model and questions) in a second "
+                                 "process, its passes alternating with this run's, and compare with it: the speed-up "
+                                 "and its interval come from the per-round ratios, which machine drift cannot fake.")
     min_duration: float | None = option(None, "The timed phase lasts at least this many seconds (by default 10 "
                                               "on CUDA, 0 on a CPU).")
     min_passes: int = option(3, "The timed phase runs at least this many passes over the questions (their spread "
@@ -126,6 +130,10 @@ class RunConfig:
             raise UsageError(f"--min-passes must be >= 0, got {self.min_passes}")
         if self.min_duration is not None and self.min_duration < 0:
             raise UsageError(f"--min-duration must be >= 0, got {self.min_duration}")
+        if self.paired and self.reference:
+            raise UsageError("--paired times its own fp32-eager reference; drop --reference (or --paired)")
+        if self.paired and self.min_passes == 0:
+            raise UsageError("--paired pairs timed passes; --min-passes 0 has none")
         if self.min_passes == 0 and self.min_duration:
             raise UsageError("--min-passes 0 (no timed phase) contradicts --min-duration "
                              f"{self.min_duration:g}: drop one of them")

@@ -89,27 +89,39 @@ def cold_pass(one_pass, n: int):
         return cold, time.perf_counter() - t0
 
 
-def run_passes(one_pass, n: int, min_passes: int, min_duration: float, device: torch.device):
-    """The cold pass (accuracy, predictions), then timed passes until min_passes and min_duration (seconds) are
-    met, with the sampler on. (cold pass, its seconds, timed passes, their seconds, telemetry). min_passes 0: no
-    timed phase; the sampler watches the cold pass instead."""
+def run_passes(one_pass, n: int, min_passes: int, min_duration: float, device: torch.device, reference=None):
+    """The cold pass (accuracy, predictions), then timed passes until min_passes and min_duration (seconds of
+    timed passes) are met, with the sampler on. (cold pass, its seconds, timed passes, their seconds, the
+    reference's pass seconds, telemetry). min_passes 0: no timed phase; the sampler watches the cold pass instead.
+
+    reference (--paired, evaluation.paired): each timed pass is one round with a pass of the reference, in the
+    order A B, B A, A B, ... so that neither always runs first; the sampler is paused during the reference's."""
     if min_passes == 0:
         with Sampler(device) as sampler:
             cold, cold_s = cold_pass(one_pass, n)
-        return cold, cold_s, [], [], sampler.summary(n)
+        return cold, cold_s, [], [], [], sampler.summary(n)
     cold, cold_s = cold_pass(one_pass, n)
-    passes, pass_s = [], []
+    passes, pass_s, ref_s = [], [], []
+
+    def reference_pass():
+        with sampler.paused():
+            ref_s.append(reference.timed_pass())
+
     total = passes_needed(min_passes, min_duration, 0, 0.0, cold_s)
-    with Sampler(device) as sampler, tqdm(total=total, desc="timed passes", unit="pass") as bar:
-        t_start = time.perf_counter()
-        while len(passes) < min_passes or time.perf_counter() - t_start < min_duration:
+    desc = "timed passes" + (", each paired with a reference pass" if reference else "")
+    with Sampler(device) as sampler, tqdm(total=total, desc=desc, unit="pass") as bar:
+        while len(passes) < min_passes or sum(pass_s) < min_duration:
+            first = len(passes) % 2 == 0
+            if reference and first:
+                reference_pass()
             t0 = time.perf_counter()
             passes.append(one_pass())
             pass_s.append(time.perf_counter() - t0)
-            bar.total = passes_needed(min_passes, min_duration, len(passes), time.perf_counter() - t_start,
-                                      pass_s[-1])
+            if reference and not first:
+                reference_pass()
+            bar.total = passes_needed(min_passes, min_duration, len(passes), sum(pass_s), pass_s[-1])
             bar.update(1)
-    return cold, cold_s, passes, pass_s, sampler.summary(n * len(passes))
+    return cold, cold_s, passes, pass_s, ref_s, sampler.summary(n * len(passes))
 
 
 def timing_metrics(model, prompts: Prompts, n: int, cold: Pass, cold_s: float, passes: list[Pass],
@@ -163,25 +175,34 @@ def question_rows(questions: list[Question], prompts: Prompts, cold: Pass, first
     return rows
 
 
-def evaluate(model, cfg: RunConfig, run, forward=answer_logits):
-    """(metrics, per-question rows, per-batch history of the first timed pass) of `model` over the run's prompts
-    (run: the runner's Resolved record). `forward(model, batch, answer_ids)` -> [B, 3] logits."""
-    prompts, device, questions = run.prompts, run.device, run.questions
-    clock, n = Clock(device), len(questions)
+def pass_runner(model, cfg: RunConfig, run, forward=answer_logits):
+    """one_pass(progress=None) -> Pass: one pass of `model` over the run's batches in its decode mode."""
+    prompts, n, clock = run.prompts, len(run.questions), Clock(run.device)
 
     def one_pass(progress=None) -> Pass:
         if cfg.decode == "generate":
             return generate_pass(model, prompts.batches, n, run.tokenizer, cfg.max_new_tokens, clock, progress)
         return score_pass(model, prompts.batches, n, prompts.answer_ids, clock, forward, progress)
+    return one_pass
 
+
+def evaluate(model, cfg: RunConfig, run, forward=answer_logits, reference=None):
+    """(metrics, per-question rows, per-batch history of the first timed pass) of `model` over the run's prompts
+    (run: the runner's Resolved record). `forward(model, batch, answer_ids)` -> [B, 3] logits; `reference`: a
+    paired reference (evaluation.paired) whose passes alternate with these, its pass times in the metrics."""
+    prompts, device, questions = run.prompts, run.device, run.questions
+    n = len(questions)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    cold, cold_s, passes, pass_s, telemetry = run_passes(one_pass, n, cfg.min_passes, run.min_duration_s, device)
+    cold, cold_s, passes, pass_s, ref_s, telemetry = run_passes(pass_runner(model, cfg, run, forward), n,
+                                                                cfg.min_passes, run.min_duration_s, device, reference)
     metrics = classification_metrics([q.label for q in questions], cold.predictions)
     metrics.update(timing_metrics(model, prompts, n, cold, cold_s, passes, pass_s))
     metrics["timed_pass_agreement"] = (100.0 * sum(p.predictions == cold.predictions for p in passes) / len(passes)
                                        if passes else None)
     metrics["telemetry"] = telemetry
+    if reference is not None:
+        metrics["reference_pass_wall_s_samples"] = ref_s
     cuda = device.type == "cuda"
     metrics["torch_peak_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
     metrics["torch_peak_reserved_mib"] = torch.cuda.max_memory_reserved(device) / 2**20 if cuda else None

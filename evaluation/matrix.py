@@ -1,8 +1,9 @@
 """The one command that runs every variant of every technique, the baseline first, then the report.
 
 Each technique folder declares its variants in FOLDER/variants.py; `variants()` collects them. Each variant runs
-as its own process (`python -m MODULE`: its own peak memory, fresh compiler caches) with the baseline as its
---reference; a failed command leaves RUN/error.json. A variant its script would refuse on this machine (the same
+as its own process (`python -m MODULE`: its own peak memory, fresh compiler caches) with --paired: its timed
+passes alternate with an fp32-eager reference's, so every speed-up is taken from passes timed side by side (with
+--min-passes 0, against the baseline run instead); a failed command leaves RUN/error.json. A variant its script would refuse on this machine (the same
 checks the script runs before loading anything) or whose pass would take hours here is not run and leaves
 RUN/error.json with "skipped": true and the reason. The report (evaluation.report) is the table. The wandb sweeps
 in sweeps/ are written from the same list (`--write-sweeps`).
@@ -119,10 +120,22 @@ def write_error(run_dir: Path, record: dict) -> None:
     (run_dir / "error.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
-def run_variant(v: Variant, out: Path, common: list[str], reference: Path | None, threads: int | None = None) -> dict:
+def comparison_flags(v: Variant, common: list[str], baseline: Path | None) -> list[str]:
+    """How a variant is compared: --paired (its passes alternate with the fp32-eager reference's, so its speed-up
+    holds whatever the machine's drift); with --min-passes 0 (no timed passes to pair) against the baseline run."""
+    if v.technique == "baseline":
+        return []
+    accuracy_only = "--min-passes=0" in common or any(a == "--min-passes" and b == "0"
+                                                      for a, b in zip(common, common[1:]))
+    if not accuracy_only:
+        return ["--paired"]
+    return ["--reference", str(baseline)] if baseline else []
+
+
+def run_variant(v: Variant, out: Path, common: list[str], baseline: Path | None, threads: int | None = None) -> dict:
     """One process; its stderr goes to the terminal and its last 40 lines into error.json on failure."""
     cmd = [sys.executable, "-m", v.module, *v.flags, *common, "--output-dir", str(out), "--run-name", v.name]
-    cmd += ["--reference", str(reference)] if reference else []
+    cmd += comparison_flags(v, common, baseline)
     print(f"\n=== {v.name}: {shlex.join(cmd)}", flush=True)
     tail: collections.deque = collections.deque(maxlen=40)
     env = None if threads is None else os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -142,7 +155,7 @@ def run_variant(v: Variant, out: Path, common: list[str], reference: Path | None
 def run_matrix(variants: list[Variant], out: Path, common: list[str], resume: bool = False,
                threads: int | None = None) -> list[dict]:
     print(f"matrix: {len(variants)} variant(s), results in {out}, common options: {shlex.join(common)}")
-    outcomes, reference = [], None
+    outcomes, baseline = [], None
     for v in variants:
         run_dir = out / v.name
         (run_dir / "error.json").unlink(missing_ok=True)  # a previous attempt's failure is not this one's
@@ -156,9 +169,9 @@ def run_matrix(variants: list[Variant], out: Path, common: list[str], resume: bo
             print(f"\n=== {v.name} SKIPPED (broken or hopeless here): {why}")
             outcome = {"name": v.name, "status": "skipped", "reason": why}
         else:
-            outcome = run_variant(v, out, common, reference, threads)
+            outcome = run_variant(v, out, common, baseline, threads)
         if v.technique == "baseline" and (run_dir / "results.json").is_file():
-            reference = run_dir
+            baseline = run_dir
         outcomes.append(outcome)
     return outcomes
 
@@ -172,14 +185,12 @@ def sweep_yaml(module: str) -> str:
              "edit the list there.",
              f"#   wandb sweep sweeps/{name}.yaml   # once: prints ENTITY/PROJECT/SWEEP_ID",
              "#   wandb agent ENTITY/biogpt-pubmedqa/SWEEP_ID   # on each GPU machine, from the repo root",
-             "# Each machine first needs its own reference run:",
-             "#   python baseline/baseline.py --model biogpt-large-random --run-name baseline-biogpt-large-random",
+             "# Every run times its own fp32-eager reference (--paired), so the speed-ups hold across machines.",
              f"name: {name}", "project: biogpt-pubmedqa", f"program: {module}", "method: grid",
              "metric: {name: throughput_qps, goal: maximize}", "parameters:", "  flags:", "    values:"]
     lines += [f'      - "{f}"' for f in flags]
-    lines += ["  model: {value: biogpt-large-random}", "  reference: {value: results/baseline-biogpt-large-random}",
-              "  wandb: {value: online}", "command:", "  - ${env}", "  - ${interpreter}", "  - sweeps/run_variant.py",
-              "  - ${program}", "  - ${args}"]
+    lines += ["  model: {value: biogpt-large-random}", "  wandb: {value: online}", "command:", "  - ${env}",
+              "  - ${interpreter}", "  - sweeps/run_variant.py", "  - ${program}", "  - ${args}", "  - --paired"]
     return "\n".join(lines) + "\n"
 
 
@@ -223,7 +234,7 @@ def main(argv=None):
     if args.write_sweeps:
         print("\n".join(f"wrote {p}" for p in write_sweeps()))
         return
-    clash = [a for a in common if a.split("=")[0] in ("--output-dir", "--run-name", "--reference")
+    clash = [a for a in common if a.split("=")[0] in ("--output-dir", "--run-name", "--reference", "--paired")
              + (("--model",) if args.models else ())]
     if clash:
         raise UsageError(f"{', '.join(clash)}: the matrix sets these itself (results go to --out)")

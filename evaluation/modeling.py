@@ -141,7 +141,7 @@ def random_model(preset: str, seed: int, dtype: torch.dtype, device: torch.devic
     from transformers import BioGptForCausalLM
 
     config = preset_config(preset, **overrides)
-    config.torch_dtype = dtype
+    config.dtype = dtype
     config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
     with torch.device(device):

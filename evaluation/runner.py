@@ -6,6 +6,7 @@ record, with the batches every pass will time); a few also supply `load(cfg, dev
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from .data import LABELS
 from .harness import evaluate
 from .metrics import fidelity
 from .modeling import DTYPES, check_attention, footprint_bytes, load_model, parameter_count, resolve_device
-from .reference import Reference
+from .paired import NAME, PairedReference
 from .resolve import Resolved, resolve
 from .results import check_output_dir, environment, release_run_dirs, share_files, write_run
 from .stats import align, comparison_stats, run_stats
@@ -74,29 +75,43 @@ def _run(cfg: RunConfig, apply, load) -> dict:
     t0 = time.perf_counter()
     applied = apply(model, cfg, resolved) if apply else Applied()
     setup_s = time.perf_counter() - t0
-    return evaluate_and_log(cfg, applied.model or model, resolved, load_s, setup_s, applied)
+    with PairedReference(cfg) if cfg.paired else contextlib.nullcontext() as paired:
+        return evaluate_and_log(cfg, applied.model or model, resolved, load_s, setup_s, applied, paired)
 
 
-def compare_with_reference(reference: Reference, rows: list[dict], pass_s: list[float], random: bool,
-                           device_name: str) -> tuple[dict, dict]:
-    """(fidelity, paired statistics) of this run against the reference run, question by question. Correctness
-    is the paired basis with real weights, agreement with the reference with random ones; the speed-up interval
-    only where both runs timed passes on the same device."""
+def compare_with_reference(name: str, ref_rows: dict, rows: list[dict], pass_s: list[float],
+                           ref_pass_s: list[float] | None, random: bool, timed_in_rounds: bool) -> tuple[dict, dict]:
+    """(fidelity, paired statistics) of this run against a reference's answers (PMID -> prediction, gold,
+    logits), question by question. Correctness is the paired basis with real weights, agreement with the reference
+    with random ones; the speed-up from pass times taken in alternating rounds (--paired) or apart."""
     current = {r["pmid"]: {"prediction": r["prediction"], "gold": r["gold"],
                            "logits": [r[f"logit_{x}"] for x in LABELS] if r["logit_yes"] is not None else None}
                for r in rows}
-    _, gold, pred, ref_pred = align(current, reference.rows)
-    ref_pass_s = reference.pass_s if reference.device_name == device_name else None
+    _, gold, pred, ref_pred = align(current, ref_rows)
     paired = comparison_stats(pred, ref_pred, None if random else gold, run_pass_s=pass_s if ref_pass_s else None,
-                              ref_pass_s=ref_pass_s)
-    return fidelity(reference.rows, current) | {"reference": str(reference.path)}, paired
+                              ref_pass_s=ref_pass_s or None, timed_in_rounds=timed_in_rounds)
+    return fidelity(ref_rows, current) | {"reference": name}, paired
 
 
-def evaluate_and_log(cfg: RunConfig, model, run: Resolved, load_s: float, setup_s: float, applied: Applied) -> dict:
-    """Evaluate, write results/<run>/ first, then log to wandb and print the summary."""
+def comparison(run: Resolved, metrics: dict, rows: list[dict], paired, device_name: str) -> tuple[dict, dict]:
+    """Against the paired reference (timed in rounds with this run) or the --reference run (timed apart: its pass
+    times only where it ran on this device)."""
+    random, pass_s = run.weights == "random", metrics["pass_wall_s_samples"]
+    if paired is not None:
+        return compare_with_reference(NAME, paired.rows, rows, pass_s, metrics["reference_pass_wall_s_samples"],
+                                      random, timed_in_rounds=True)
+    ref = run.reference
+    return compare_with_reference(str(ref.path), ref.rows, rows, pass_s,
+                                  ref.pass_s if ref.device_name == device_name else None, random, timed_in_rounds=False)
+
+
+def evaluate_and_log(cfg: RunConfig, model, run: Resolved, load_s: float, setup_s: float, applied: Applied,
+                     paired: PairedReference | None = None) -> dict:
+    """Evaluate (with the paired reference's passes alternating, under --paired), write results/<run>/ first, then
+    log to wandb and print the summary."""
     device = run.device
     cuda_allocated = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
-    metrics, rows, history = evaluate(model, cfg, run, applied.forward or answer_logits)
+    metrics, rows, history = evaluate(model, cfg, run, applied.forward or answer_logits, paired)
     metrics.update(load_s=load_s, setup_s=setup_s)
     metrics["peak_memory"] = peak_memory(metrics, device.type, applied.memory_outside_torch)
     from .roofline import roofline  # here, not at import: `python -m evaluation.roofline` runs it as __main__
@@ -105,9 +120,8 @@ def evaluate_and_log(cfg: RunConfig, model, run: Resolved, load_s: float, setup_
     metrics["stats"] = run_stats([r["gold"] for r in rows], [r["prediction"] for r in rows],
                                  metrics["pass_wall_s_samples"])
     env = environment(device)
-    if run.reference:
-        metrics["fidelity"], metrics["comparison"] = compare_with_reference(
-            run.reference, rows, metrics["pass_wall_s_samples"], run.weights == "random", env["device_name"])
+    if run.reference or paired:
+        metrics["fidelity"], metrics["comparison"] = comparison(run, metrics, rows, paired, env["device_name"])
     params = parameter_count(model)
     nbytes = applied.footprint_bytes if applied.footprint_bytes is not None else footprint_bytes(model)
     results = {

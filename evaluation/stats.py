@@ -226,15 +226,19 @@ def speedup_ci(run_pass_s: list[float], baseline_pass_s: list[float], *, confide
     pass i of one with pass i of the other).
 
     With a handful of passes a bootstrap median can only take observed values, so the interval is crude and tends
-    to be too narrow; fewer than 3 passes on either side gives None with a reason."""
+    to be too narrow; fewer than 3 passes on either side gives None with a reason. The two runs were timed apart:
+    the interval knows nothing of the machine's drift between them (up to 2x on a shared VM), so such a speed-up
+    is never called significant (significant_speedup); paired_speedup is the one that can be."""
     run, base = np.asarray(run_pass_s, dtype=float), np.asarray(baseline_pass_s, dtype=float)
     out = {"value": None, "ci_low": None, "ci_high": None, "confidence": confidence, "method": METHOD,
-           "resamples": resamples, "seed": seed, "n_run": len(run), "n_baseline": len(base), "reason": None}
+           "timing": "apart", "resamples": resamples, "seed": seed, "n_run": len(run), "n_baseline": len(base),
+           "reason": "timed apart from its reference: the machine's drift between the runs is not measured, so "
+                     "no significance (time it with --paired)"}
     if len(run) and len(base):
         out["value"] = float(np.median(base) / np.median(run))
     if min(len(run), len(base)) < MIN_SPEEDUP_PASSES:
-        out["reason"] = (f"{len(run)} run and {len(base)} baseline timed pass(es): at least {MIN_SPEEDUP_PASSES} "
-                         f"each are needed for an interval (--min-passes)")
+        out["reason"] += (f"; {len(run)} run and {len(base)} baseline timed pass(es): at least {MIN_SPEEDUP_PASSES} "
+                          f"each are needed for an interval (--min-passes)")
         return out
     res = _bootstrap((base, run), lambda b, r, axis=-1: np.median(b, axis=axis) / np.median(r, axis=axis), False,
                      confidence, resamples, seed)
@@ -242,9 +246,28 @@ def speedup_ci(run_pass_s: list[float], baseline_pass_s: list[float], *, confide
     return out
 
 
+def paired_speedup(ref_s: list[float], run_s: list[float], *, confidence: float = CONFIDENCE) -> dict:
+    """Speed-up from rounds timed together: round i timed the reference's pass ref_s[i] next to the run's run_s[i]
+    (A B, then B A, ...), so a drift of the machine's speed between rounds cancels in each ratio r_i = ref / run.
+    The speed-up is their geometric mean, with a Student-t interval on the log ratios (n - 1 degrees of freedom):
+    the textbook paired analysis of ratios. Needs 2 rounds for an interval; 3 give a wide but honest one."""
+    ratios = np.asarray(ref_s, dtype=float) / np.asarray(run_s, dtype=float)
+    out = {"value": float(np.exp(np.log(ratios).mean())) if len(ratios) else None, "ci_low": None, "ci_high": None,
+           "confidence": confidence, "method": "paired_log_t", "timing": "paired", "n_rounds": len(ratios),
+           "ratios": [float(r) for r in ratios], "reason": None}
+    if len(ratios) < 2:
+        out["reason"] = f"{len(ratios)} paired round(s): at least 2 are needed for an interval (--min-passes)"
+        return out
+    logs = np.log(ratios)
+    half = stats.t.ppf(0.5 + confidence / 2, len(logs) - 1) * logs.std(ddof=1) / np.sqrt(len(logs))
+    out.update(ci_low=float(np.exp(logs.mean() - half)), ci_high=float(np.exp(logs.mean() + half)))
+    return out
+
+
 def significant_speedup(ci: dict | None) -> bool:
-    """True only when the speed-up interval exists and lies wholly above or below 1.0 (faster or slower)."""
-    if not ci or ci.get("ci_low") is None or ci.get("ci_high") is None:
+    """True only when the speed-up was timed paired with its reference (a speed-up from runs timed apart carries
+    the machine's drift between them: never significant) and its interval lies wholly above or below 1.0."""
+    if not ci or ci.get("timing") != "paired" or ci.get("ci_low") is None or ci.get("ci_high") is None:
         return False
     return not (ci["ci_low"] <= 1.0 <= ci["ci_high"])
 
@@ -278,17 +301,21 @@ def run_stats(gold: list[str], pred: list[str], pass_s: list[float] | None = Non
 
 def comparison_stats(pred: list[str], ref_pred: list[str], gold: list[str] | None = None, *,
                      run_pass_s: list[float] | None = None, ref_pass_s: list[float] | None = None,
-                     confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = SEED) -> dict:
+                     timed_in_rounds: bool = False, confidence: float = CONFIDENCE, resamples: int = RESAMPLES,
+                     seed: int = SEED) -> dict:
     """A run against a reference run on the same questions (same order): {"paired", "accuracy_diff",
     "macro_f1_diff", "distinguishable"} and, with both runs' pass times, {"speedup", "significant_speedup"}.
-    gold=None: agreement with the reference is the basis (random weights); see paired_test."""
+    gold=None: agreement with the reference is the basis (random weights); see paired_test. timed_in_rounds: the
+    pass times were taken in alternating rounds, item i of each list in round i (paired_speedup); else the runs
+    were timed apart (speedup_ci, never significant)."""
     test = paired_test(pred, ref_pred, gold, confidence=confidence)
     truth = gold if gold is not None else ref_pred
     out = {"paired": test, **paired_differences(truth, pred, ref_pred, confidence=confidence,
                                                 resamples=resamples, seed=seed)}
     out["distinguishable"] = distinguishable(test, out["accuracy_diff"], 1 - confidence)
     if run_pass_s is not None and ref_pass_s is not None:
-        out["speedup"] = speedup_ci(run_pass_s, ref_pass_s, confidence=confidence, resamples=resamples, seed=seed)
+        out["speedup"] = (paired_speedup(ref_pass_s, run_pass_s, confidence=confidence) if timed_in_rounds else
+                          speedup_ci(run_pass_s, ref_pass_s, confidence=confidence, resamples=resamples, seed=seed))
         out["significant_speedup"] = significant_speedup(out["speedup"])
     return out
 
@@ -311,6 +338,8 @@ def flat_summary(stats_dict: dict) -> dict:
             out[f"{name}_ci_low"], out[f"{name}_ci_high"] = item.get("ci_low"), item.get("ci_high")
             if "coverage" in item:
                 out[f"{name}_coverage"] = item["coverage"]
+            if "timing" in item:  # paired (timed in alternating rounds) or apart
+                out[f"{name}_timing"] = item["timing"]
         else:
             out[name] = item
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import RunConfig
+from .paired import NAME as PAIRED
 
 
 def _interval(item: dict | None, fmt: str) -> str:
@@ -38,6 +39,18 @@ def memory_line(m: dict, device_type: str) -> str:
     return f"{memory} (no energy figure on a CPU)"
 
 
+def speedup_text(speed: dict, significant: bool | None) -> str:
+    """The speed-up, how it was timed, and whether it is a change at all."""
+    if not speed.get("value"):
+        return "no speed-up (the reference has no timed passes on this device)"
+    text = f"speed-up {speed['value']:.2f}x{_interval(speed, '.2f')}"
+    if speed.get("timing") == "paired":
+        verdict = ("faster" if speed["value"] > 1 else "slower") if significant else "no significant change"
+        return text + f" paired over {speed['n_rounds']} rounds: {verdict}"
+    return text + " timed apart from the reference: machine drift between the runs is not measured, so it is no " \
+                  "test (use --paired)"
+
+
 def summary_lines(cfg: RunConfig, results: dict, run_dir: Path) -> list[str]:
     """What was measured, in words a newcomer can read without the code."""
     m, run, env, stats = results["metrics"], results["run"], results["environment"], results["metrics"]["stats"]
@@ -55,12 +68,12 @@ def summary_lines(cfg: RunConfig, results: dict, run_dir: Path) -> list[str]:
     if "fidelity" in m:
         f, c = m["fidelity"], m["comparison"]
         speed = c.get("speedup") or {}
-        lines.append(f"  vs reference {Path(f['reference']).name}: agreement {f['agreement']:.1f}%, mean KL "
+        against = f["reference"] if f["reference"] == PAIRED else f"reference {Path(f['reference']).name}"
+        lines.append(f"  vs {against}: agreement {f['agreement']:.1f}%, mean KL "
                      f"{f['mean_kl'] if f['mean_kl'] is not None else float('nan'):.3g}, "
                      f"{c['paired']['right_to_wrong']} right->wrong / {c['paired']['wrong_to_right']} wrong->right "
                      f"({c['paired']['basis'].replace('_', ' ')}), McNemar p {c['paired']['mcnemar_p']:.3g}, "
-                     + (f"speed-up {speed['value']:.2f}x{_interval(speed, '.2f')}" if speed.get("value")
-                        else "no speed-up (the reference has no timed passes on this device)"))
+                     + speedup_text(speed, c.get("significant_speedup")))
     lines.append(f"  results: {run_dir}/results.json")
     return lines
 

@@ -1,6 +1,7 @@
 """Clocks, latency statistics, and the NVML (or CPU) sampler that runs during the timed phase only."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 import threading
 import time
@@ -79,14 +80,18 @@ class Sampler:
 
     On a GPU each sensor is read on its own: one that fails is recorded in `failed` (name -> reason) once and
     skipped afterwards, the others keep sampling. Energy comes from NVML's total-energy counter read at enter
-    and exit, whatever the samples; integrated sampled power only when that counter is unavailable."""
+    and exit, whatever the samples; integrated sampled power only when that counter is unavailable.
+
+    `paused()`: a stretch that is not this run's (a paired reference's pass on the same GPU) is left out of the
+    samples and of the energy."""
 
     def __init__(self, device: torch.device, interval_s: float = 0.1):
         self.interval_s, self.samples, self.error = interval_s, [], None
-        self.handle = self.energy0 = self.energy1 = None
+        self.handle = None
+        self.segments: list[tuple] = []  # (energy counter at the start, at the end) of each sampled stretch
         self.failed: dict[str, str] = {}
         self.process = psutil.Process()
-        self._stop = threading.Event()
+        self._stop, self._active = threading.Event(), threading.Event()
         if device.type != "cuda":
             self.error = "NVML not used: the run is on the CPU"
             return
@@ -115,8 +120,11 @@ class Sampler:
     def _loop(self):
         gpu = self.handle is not None
         while not self._stop.is_set():
+            if not self._active.is_set():
+                self._stop.wait(self.interval_s / 10)
+                continue
             try:
-                self.samples.append(self._read_gpu() if gpu else self._read_cpu())
+                self.samples.append((self._read_gpu() if gpu else self._read_cpu()) | {"segment": len(self.segments)})
             except Exception as e:  # the CPU figures failing (psutil): keep what we have
                 self.error = f"sampling stopped: {_why(e)}"
                 return
@@ -133,31 +141,44 @@ class Sampler:
             self.failed.setdefault("energy", _why(e))
             return None
 
+    def _resume(self):
+        self._start = self._energy_mj() if self.handle is not None else None
+        self.process.cpu_percent(None)
+        self._active.set()
+
+    def _pause(self):
+        self._active.clear()
+        self.segments.append((self._start, self._energy_mj() if self.handle is not None else None))
+
+    @contextlib.contextmanager
+    def paused(self):
+        self._pause()
+        try:
+            yield
+        finally:
+            self._resume()
+
     def __enter__(self):
-        if self.handle is not None:
-            self.energy0 = self._energy_mj()
-        else:
-            self.process.cpu_percent(None)
-        self.t0 = time.perf_counter()
+        self._resume()
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
         return self
 
     def __exit__(self, *exc):
-        self.elapsed_s = time.perf_counter() - self.t0
-        self.energy1 = self._energy_mj() if self.energy0 is not None else None
+        self._pause()
         self._stop.set()
         self.thread.join()
 
     def _energy(self) -> tuple[float | None, str | None]:
-        """(joules, source): the counter's difference, else sampled power integrated over time, else (None, None)."""
-        if self.energy0 is not None and self.energy1 is not None:
-            return (self.energy1 - self.energy0) / 1e3, "nvml_total_energy_counter"
+        """(joules, source): the counter's differences over the sampled stretches, else sampled power integrated
+        over time within each stretch, else (None, None)."""
+        if self.segments and all(a is not None and b is not None for a, b in self.segments):
+            return sum(b - a for a, b in self.segments) / 1e3, "nvml_total_energy_counter"
         power = [x for x in self.samples if "power_w" in x]
-        if len(power) < 2:
+        pairs = [(a, b) for a, b in zip(power, power[1:]) if a["segment"] == b["segment"]]
+        if not pairs:
             return None, None
-        return sum((b["t"] - a["t"]) * (a["power_w"] + b["power_w"]) / 2 for a, b in zip(power, power[1:])), \
-            "integrated_power"
+        return sum((b["t"] - a["t"]) * (a["power_w"] + b["power_w"]) / 2 for a, b in pairs), "integrated_power"
 
     def summary(self, questions: int) -> dict:
         """GPU figures (null with a reason without NVML, or where that sensor failed) and CPU figures."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluation import report
+from evaluation import report, stats
 from evaluation.config import UsageError, run_main
 from evaluation.report import plots as report_plots
 
@@ -283,8 +283,9 @@ def stub_scripts(matrix, tmp_path, monkeypatch):
 
 
 def test_matrix_order_reference_failures_and_report(tmp_path, monkeypatch, capsys):
-    """The matrix with stub scripts: baseline first, --reference passed on, a failure recorded and the matrix
-    continues, known-broken combinations listed with a reason, then the report."""
+    """The matrix with stub scripts: baseline first, every other variant --paired with its own fp32-eager
+    reference, a failure recorded and the matrix continues, known-broken combinations listed with a reason, then
+    the report."""
     from evaluation import matrix
 
     calls, out = stub_scripts(matrix, tmp_path, monkeypatch)
@@ -295,8 +296,7 @@ def test_matrix_order_reference_failures_and_report(tmp_path, monkeypatch, capsy
     stdout = capsys.readouterr().out
     invoked = [json.loads(x) for x in calls.read_text().splitlines()]
     assert invoked[0][0].endswith("baseline/baseline.py")
-    assert all(["--reference", str(out / "baseline")] == c[c.index("--reference"):c.index("--reference") + 2]
-               for c in invoked[1:])
+    assert "--paired" not in invoked[0] and all("--paired" in c and "--reference" not in c for c in invoked[1:])
     assert all("--limit" in c and "--device" in c for c in invoked)
     names = [c[c.index("--run-name") + 1] for c in invoked]
     assert names.index("precision-float16") < names.index("tensor-tvm-ansor")  # the matrix went on
@@ -309,6 +309,16 @@ def test_matrix_order_reference_failures_and_report(tmp_path, monkeypatch, capsy
     md = (out / "report.md").read_text()
     assert "`precision-float16`" in md and "skipped (broken or hopeless here)" in md
     assert (out / "plots" / "quality_vs_latency.png").is_file()
+
+
+def test_matrix_pairs_every_variant_unless_there_are_no_timed_passes(tmp_path):
+    from evaluation import matrix
+
+    baseline, int8 = (v for v in matrix.variants() if v.name in ("baseline", "quantization-dynamic-int8"))
+    assert matrix.comparison_flags(baseline, [], tmp_path) == []
+    assert matrix.comparison_flags(int8, ["--limit", "5"], tmp_path) == ["--paired"]
+    for accuracy_only in (["--min-passes", "0"], ["--min-passes=0"]):  # nothing to pair: against the baseline run
+        assert matrix.comparison_flags(int8, accuracy_only, tmp_path) == ["--reference", str(tmp_path)]
 
 
 def test_matrix_over_two_models_writes_one_table(tmp_path, monkeypatch, capsys):
@@ -327,7 +337,7 @@ def test_matrix_over_two_models_writes_one_table(tmp_path, monkeypatch, capsys):
     invoked = [json.loads(x) for x in calls.read_text().splitlines()]
     assert [(c[c.index("--model") + 1], c[c.index("--run-name") + 1]) for c in invoked] == [
         (small, "baseline"), (small, "quantization-dynamic-int8"), (large, "baseline"), (large, "quantization-dynamic-int8")]
-    assert invoked[3][invoked[3].index("--reference") + 1] == str(out / large / "baseline")
+    assert "--paired" in invoked[3]
     table = (out / "table.md").read_text()
     assert table.startswith("Made by `python -m evaluation.matrix --out")
     assert f"**{small}**" in table and f"**{large}**" in table and table.count("| quantization ") == 2
@@ -460,20 +470,32 @@ def test_speedup_interval_ns_and_percent_of_peak(tmp_path):
     make_run(root, "fast", technique="precision", variant="bfloat16", pass_s=[0.5, 0.55, 0.45, 0.52, 0.48])
     make_run(root, "same", technique="tensor_rewriting", variant="eager", pass_s=[0.98, 1.02, 1.0, 1.08, 0.92])
     make_run(root, "old", technique="pruning", variant="block-0.5", qps=100.0, drop=("metrics.pass_wall_s_samples",))
+    paired = {"speedup": stats.paired_speedup([1.0, 2.0, 1.0], [0.5, 1.0, 0.51]), "significant_speedup": True}
+    make_run(root, "int8", technique="quantization", variant="dynamic-int8", pass_s=[0.5, 1.0, 0.51],
+             metrics={"comparison": paired})
+    make_run(root, "f32", technique="precision", variant="float32", pass_s=[1.0, 2.0, 1.0],
+             metrics={"comparison": {"speedup": stats.paired_speedup([1.0, 2.02, 0.99], [1.0, 2.0, 1.0]),
+                                     "significant_speedup": False}})
     rep = report.build_report([root], root)
     rows = rows_by_run(rep)
-    assert rows["fast"]["speedup"] == pytest.approx(2.0) and rows["fast"]["significant_speedup"] is True
-    assert rows["same"]["speedup_ci_low"] < 1.0 < rows["same"]["speedup_ci_high"]
+    # timed apart from the baseline run: the bootstrap interval excludes 1, yet it is no finding
+    assert rows["fast"]["speedup"] == pytest.approx(2.0) and rows["fast"]["significant_speedup"] is False
+    assert rows["fast"]["speedup_ci_low"] > 1.0 and rows["same"]["speedup_ci_low"] < 1.0 < rows["same"]["speedup_ci_high"]
+    # stored paired comparisons are used as the runs made them, not recomputed against the baseline run
+    assert rows["int8"]["speedup"] == pytest.approx(2.0, rel=0.02) and rows["int8"]["significant_speedup"] is True
     md = (root / "report.md").read_text()
     fast, same = cell(md, "fast", "speed-up [95% CI]"), cell(md, "same", "speed-up [95% CI]")
-    assert re.fullmatch(r"2\.00× \[\d\.\d\d, \d\.\d\d\]", fast)
-    assert same.endswith(" n.s.") and same.startswith("1.00×")
-    assert cell(md, "fast", "speed change sig. 5%") == "yes (faster)"
-    assert cell(md, "same", "speed change sig. 5%") == "no"
+    assert re.fullmatch(r"2\.00× \[\d\.\d\d, \d\.\d\d\] apart, no test", fast)
+    assert same.startswith("1.00×") and same.endswith("apart, no test")
+    assert cell(md, "fast", "speed change sig. 5%") == "—" and cell(md, "same", "speed change sig. 5%") == "—"
+    assert re.fullmatch(r"[12]\.\d\d× \[\d\.\d\d, \d\.\d\d\] paired", cell(md, "int8", "speed-up [95% CI]"))
+    assert cell(md, "int8", "speed change sig. 5%") == "yes (faster)"
+    assert cell(md, "f32", "speed-up [95% CI]").endswith(" paired n.s.")
+    assert cell(md, "f32", "speed change sig. 5%") == "no"
     assert cell(md, "old", "speed-up [95% CI]") == "2.00× (q/s ratio, no CI)"
     assert cell(md, "baseline", "% of peak") == "12.3" and cell(md, "fast", "% of peak") == "—"
     order = [r["run"] for r in rep["rows"]]
-    assert order == ["baseline", "fast", "old", "same"]  # by technique, never by speed
+    assert order == ["baseline", "fast", "f32", "old", "int8", "same"]  # by technique and variant, never by speed
 
 
 def test_percent_of_peak_uses_one_peak_per_dtype_in_a_group(tmp_path):

@@ -93,11 +93,13 @@ def speedup_cell(r: dict, base_unstable: bool) -> str:
     elif r["speedup_basis"] == "q/s":
         text = fmt(r["speedup"], 2, "×") + " (q/s ratio, no CI)"
     elif r["speedup_ci_low"] is None:
-        text = fmt(r["speedup"], 2, "×") + " (no CI: < 3 passes)"
+        text = fmt(r["speedup"], 2, "×") + " (no CI: too few passes)"
     else:
         text = fmt_ci(r["speedup"], r["speedup_ci_low"], r["speedup_ci_high"], 2, "×")
-        if not r["significant_speedup"]:
-            text += " n.s."
+        if r["speedup_basis"] == "paired":
+            text += " paired" + ("" if r["significant_speedup"] else " n.s.")
+        else:  # timed apart: the machine's drift between the runs is unmeasured, so no verdict
+            text += " apart, no test"
     return text + (" ⚠ baseline repeats disagree" if base_unstable and not r["is_group_baseline"] else "")
 
 
@@ -114,7 +116,7 @@ def speed_cells(r: dict, base_unstable: bool) -> list[str]:
         median = fmt(r["pass_s_median_value"], 3) + f" ({fmt(r['timed_passes'])} passes, no CI)"
     else:
         median = fmt_ci(r["pass_s_median_value"], r["pass_s_median_ci_low"], r["pass_s_median_ci_high"])
-    if r["speedup_basis"] in ("baseline", "q/s") or r["speedup_ci_low"] is None or r["repeat_flag"]:
+    if r["speedup_basis"] in ("baseline", "q/s", "apart") or r["speedup_ci_low"] is None or r["repeat_flag"]:
         sig = "—"
     elif r["significant_speedup"]:
         sig = "yes (faster)" if r["speedup"] > 1 else "yes (slower)"

@@ -47,8 +47,10 @@ def benchmark_table(rows: list[dict], failed: list[dict]) -> str:
                                "agreement % / mean KL", "footprint MiB", "% of peak", "setup s", "padding %",
                                "real tokens/s"], body) + "\n")
     peaks = sorted({(r["model"], r["dtype"], r["roofline_peak_tflops"]) for r in rows if r.get("roofline_peak_tflops")})
-    parts.append("Speed-up: the baseline's median pass ÷ the run's, 95% bootstrap interval over both runs' passes "
-                 "(n.s.: it includes 1). % of peak: the forward's nominal FLOP/s ÷ this machine's measured dense "
+    parts.append("Speed-up: paired = the geometric mean over rounds of an fp32-eager reference pass ÷ the run's pass, "
+                 "timed alternately in one session (--paired), 95% interval over the rounds (n.s.: it includes 1); "
+                 "apart = the baseline run's median pass ÷ this run's, timed in separate runs: the machine's drift "
+                 "between them is unmeasured, so no test. % of peak: the forward's nominal FLOP/s ÷ this machine's measured dense "
                  "matmul peak in the run's dtype (the best call of a square torch.mm, the highest its runs "
                  "recorded: " + ", ".join(f"{m} {d} {p * 1e3:.0f} GFLOP/s" for m, d, p in peaks) + "; int8 runs are set "
                  "against the float32 peak, so they can pass 100%). Setup: compile, tuning or quantization, never "
