@@ -19,6 +19,7 @@ def logits(run_dir):
                 for r in csv.DictReader(f)}
 
 
+@pytest.mark.e2e
 def test_eager_and_sdpa_agree_through_the_shared_option_and_the_technique(base_args, tmp_path):
     out = tmp_path / "results"
     assert run_script("baseline.baseline", [*base_args, "--run-name", "sdpa"]) == 0

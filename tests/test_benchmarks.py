@@ -32,6 +32,7 @@ def run_benchmark(*argv) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.e2e
 def test_attention_table_writes_its_table_quietly(tmp_path):
     run_benchmark("-m", "benchmarks.attention_table", "--model", "tiny-random", "--layers", "1", "--batch-sizes", "2",
                   "--seq-lens", "32", "--repeats", "2", "--out", tmp_path)
@@ -49,6 +50,7 @@ def test_attention_table_writes_its_table_quietly(tmp_path):
     assert meta["layers"] == 1 and meta["preset_layers"] == 2
 
 
+@pytest.mark.e2e
 def test_dynamic_int8_times_the_run_batches_quietly(base_args, tmp_path):
     out = tmp_path / "int8.json"
     run_benchmark("benchmarks/dynamic_int8.py", *base_args, "--limit", "2", "--batch-size", "2", "--rounds", "2",
@@ -62,6 +64,7 @@ def test_dynamic_int8_times_the_run_batches_quietly(base_args, tmp_path):
     assert any(op["op"] == "quantized::linear_dynamic" for op in report["forward"]["torch-ao"]["top_ops"])
 
 
+@pytest.mark.e2e
 def test_dynamic_int8_on_single_linears(tmp_path):
     out = tmp_path / "linears.json"
     assert run_script("benchmarks.dynamic_int8", ["--model", "tiny-random", "--linear-tokens", "8", "--rounds", "1",
@@ -80,6 +83,7 @@ def test_dynamic_int8_bad_input(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_tvm_layers_projects_from_two_cuts(base_args, tmp_path):
     pytest.importorskip("tensor_rewriting.tvm_relax")
     out = tmp_path / "layers.json"

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
+@pytest.mark.e2e
 def test_without_cuda_one_line_exit_2(tmp_path):
     p = subprocess.run([sys.executable, "-m", "evaluation.gpu_check", "--out", str(tmp_path / "out")], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)

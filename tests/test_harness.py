@@ -113,6 +113,7 @@ def baseline_run(tokenizer_dir, data_dir, tmp_path_factory):
     return out / "base", r
 
 
+@pytest.mark.e2e
 def test_terminal_shows_only_what_the_user_can_act_on(baseline_run):
     """No torchao extension failures, no torch pytree deprecations, no wandb banner or sparklines; our own
     wandb line (where the run is, how to sync it), the timed-phase bar with its length and the summary stay."""
@@ -125,6 +126,7 @@ def test_terminal_shows_only_what_the_user_can_act_on(baseline_run):
     assert "median of 3 timed passes" in r.stdout and "spread" in r.stdout
 
 
+@pytest.mark.e2e
 def test_results_files_written(baseline_run, data_dir):
     run_dir, _ = baseline_run
     results = json.loads((run_dir / "results.json").read_text())
@@ -157,6 +159,7 @@ def test_results_files_written(baseline_run, data_dir):
     assert not [p for p in run_dir.parent.iterdir() if p.name.startswith(".base")], "temporary dir left behind"
 
 
+@pytest.mark.e2e
 def test_official_evaluation_agrees_with_results(baseline_run, data_dir):
     """PubMedQA's evaluation.py: sklearn accuracy and macro-F1 of predictions.json against the ground truth."""
     run_dir, _ = baseline_run
@@ -169,6 +172,7 @@ def test_official_evaluation_agrees_with_results(baseline_run, data_dir):
     assert metrics["macro_f1"] == f1_score(gold, pred, average="macro")
 
 
+@pytest.mark.e2e
 def test_offline_wandb_run_written_and_read_back(baseline_run):
     run_dir, r = baseline_run
     offline = list((run_dir.parent / "wandb").glob("offline-run-*"))
@@ -199,6 +203,7 @@ def test_offline_wandb_run_written_and_read_back(baseline_run):
     assert not {"environment", "options", "resolved"} & summary
 
 
+@pytest.mark.e2e
 def test_reference_gives_full_agreement_with_itself(baseline_run, tokenizer_dir, data_dir):
     run_dir, _ = baseline_run
     r = run_baseline(["--model", "tiny-random", "--tokenizer-dir", tokenizer_dir, "--data-dir", data_dir,
@@ -220,6 +225,7 @@ def test_reference_gives_full_agreement_with_itself(baseline_run, tokenizer_dir,
     (["--reference", "/no/such/run"], "--reference"),
     (["--output-dir", "/proc/forbidden"], "output directory not writable"),
 ])
+@pytest.mark.e2e
 def test_bad_input_one_line_exit_2_nothing_written(tokenizer_dir, data_dir, tmp_path, extra, message):
     if "--device" in extra and torch.cuda.is_available():
         pytest.skip("CUDA is present")
@@ -257,6 +263,7 @@ def test_training_curve_logged_as_wandb_history(tmp_path):
     assert b"finetune/train_loss" in log and b"finetune/step" in log
 
 
+@pytest.mark.e2e
 def test_intervals_and_paired_test_recorded(baseline_run, tokenizer_dir, data_dir):
     """metrics.stats holds bootstrap intervals around the scores; a --reference run holds the paired test."""
     run_dir, _ = baseline_run
@@ -277,6 +284,7 @@ def test_intervals_and_paired_test_recorded(baseline_run, tokenizer_dir, data_di
     (["--run-name", "base"], "already exists"),
     (["--limit", "5"], "answered 12 questions, this run 5"),
 ])
+@pytest.mark.e2e
 def test_existing_run_and_other_question_set_refused(baseline_run, tokenizer_dir, data_dir, extra, message):
     run_dir, _ = baseline_run
     before = sorted(p.name for p in run_dir.parent.iterdir())

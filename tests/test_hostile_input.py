@@ -48,6 +48,7 @@ def wait_for(condition, timeout_s: float = 300, every_s: float = 0.2) -> None:
         time.sleep(every_s)
 
 
+@pytest.mark.e2e
 def test_a_run_in_progress_keeps_its_name(base_args, tmp_path, capsys):
     """Two runs of one --run-name at once: the second is refused before any work (--overwrite too); the first,
     interrupted, leaves nothing, and the name is free again."""
@@ -66,6 +67,7 @@ def test_a_run_in_progress_keeps_its_name(base_args, tmp_path, capsys):
     assert run_script(BASELINE, [*base_args, "--run-name", "same", "--min-passes", "0"]) == 0
 
 
+@pytest.mark.e2e
 def test_a_dead_runs_lock_blocks_nothing(base_args):
     """A run killed outright leaves its lock file; the kernel dropped its lock, so the next run goes ahead."""
     root = out_dir(base_args)
@@ -126,6 +128,7 @@ def test_a_model_directory_without_a_model_is_refused(base_args, tmp_path, capsy
     assert not out_dir(base_args).exists()
 
 
+@pytest.mark.e2e
 def test_a_full_disk_loses_the_run_in_one_line(base_args, capsys, monkeypatch):
     """ENOSPC on the last results file: nothing half-written, no temporary directory left, one line."""
     real_write_text = Path.write_text
@@ -142,6 +145,7 @@ def test_a_full_disk_loses_the_run_in_one_line(base_args, capsys, monkeypatch):
     assert not out_dir(base_args).exists(), list(out_dir(base_args).rglob("*"))
 
 
+@pytest.mark.e2e
 def test_a_run_name_too_long_for_the_file_system_is_refused(base_args, tmp_path, capsys):
     limit = os.pathconf(tmp_path, "PC_NAME_MAX")
     code = run_script(BASELINE, [*base_args, "--run-name", "r" * 300])
@@ -152,6 +156,7 @@ def test_a_run_name_too_long_for_the_file_system_is_refused(base_args, tmp_path,
     assert (out_dir(base_args) / ("r" * (limit - 10)) / "results.json").is_file()
 
 
+@pytest.mark.e2e
 def test_ctrl_c_while_importing_is_one_line_and_exit_130(base_args, tmp_path):
     """SIGINT once torch's library is mapped, so while `evaluation` is still importing torch and transformers."""
     log = tmp_path / "stderr"
@@ -171,6 +176,7 @@ def test_ctrl_c_while_importing_is_one_line_and_exit_130(base_args, tmp_path):
     assert not out_dir(base_args).exists()
 
 
+@pytest.mark.e2e
 def test_wandb_without_network_is_bounded_and_logs_offline(base_args, tmp_path):
     """A well-formed key and no way to reach the server: the online start gives up within WANDB_INIT_TIMEOUT and
     the run is logged offline, with the `wandb sync` hint."""

@@ -65,6 +65,7 @@ def test_learned_and_batched_equals_unbatched(tiny, tokenizer_dir, data_dir, dec
     assert [r["tokens"] for r in plain] == [r["tokens"] - 9 for r in rows[4]]  # the 9 prompt tokens, nothing else
 
 
+@pytest.mark.e2e
 def test_a_model_directory_of_the_real_shape_runs_and_records_the_prompt(tiny, base_args, tmp_path):
     model, tok = tiny
     model.save_pretrained(tmp_path / "ckpt")

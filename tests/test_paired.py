@@ -77,6 +77,7 @@ def paired_run(tokenizer_dir, data_dir, tmp_path_factory):
     return json.loads((out / "f32" / "results.json").read_text())
 
 
+@pytest.mark.e2e
 def test_a_paired_run_compares_with_its_reference_round_by_round(paired_run, capsys):
     """float32 against the fp32-eager reference: the same computation, so every answer agrees, KL is 0, and the
     speed-up's interval comes from 3 paired rounds."""

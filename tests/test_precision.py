@@ -39,12 +39,14 @@ def runs(tokenizer_dir, data_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("precision", CPU_PRECISIONS)
+@pytest.mark.e2e
 def test_each_cpu_precision_writes_results(runs, precision):
     r = runs[precision]
     assert r["config"]["options"]["precision"] == precision and r["config"]["variant"] == precision
     assert r["metrics"]["n"] == 6 and r["model"]["footprint_bytes"] > 0 and r["model"]["bytes_per_parameter"] > 0
 
 
+@pytest.mark.e2e
 def test_footprint_ordering(runs):
     size = {p: r["model"]["footprint_bytes"] for p, r in runs.items()}
     assert size["int4"] < size["int8"] < size["float16"] < size["float32"]
@@ -54,6 +56,7 @@ def test_footprint_ordering(runs):
     assert 0.5 < runs["int4"]["model"]["bytes_per_parameter"] < 2.5
 
 
+@pytest.mark.e2e
 def test_options_recorded_only_where_used(runs):
     options = {p: r["config"]["options"] for p, r in runs.items()}
     assert options["int8"]["int8_threshold"] == 5.5 and options["int8"]["compute_dtype"] == "bfloat16"
@@ -64,6 +67,7 @@ def test_options_recorded_only_where_used(runs):
 
 
 @pytest.mark.parametrize("precision", ["int8", "int4", "float4"])
+@pytest.mark.e2e
 def test_bitsandbytes_converts_every_decoder_linear(runs, precision):
     linears = runs[precision]["technique"]["linears"]
     assert linears["converted"] == linears["decoder_linears"] == 12
@@ -72,6 +76,7 @@ def test_bitsandbytes_converts_every_decoder_linear(runs, precision):
 
 
 @pytest.mark.parametrize("precision", ["float16", "bfloat16"])
+@pytest.mark.e2e
 def test_16bit_agrees_with_float32(runs, precision):
     f = runs[precision]["metrics"]["fidelity"]
     assert f["n_compared"] == 6
@@ -92,6 +97,7 @@ def test_saved_preset_holds_the_seeded_weights():
     assert "biogpt.embed_tokens.weight" in saved
 
 
+@pytest.mark.e2e
 def test_fp8_on_cpu_is_a_clear_error(tokenizer_dir, data_dir, tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--model", "tiny-random", "--tokenizer-dir", tokenizer_dir,
                            "--data-dir", data_dir, "--limit", "2", "--wandb", "disabled", "--device", "cpu",
@@ -126,6 +132,7 @@ def test_options_dataclass_fills_defaults_where_used():
     assert PrecisionOptions(precision="float32").compute_dtype is None
 
 
+@pytest.mark.e2e
 def test_bitsandbytes_int8_cast_notice_is_said_once(tokenizer_dir, data_dir, tmp_path):
     """bitsandbytes logs its CPU input cast on every call of every Linear (108 lines for three passes over 6
     questions on tiny-random): the user sees it once."""

@@ -118,6 +118,7 @@ def test_recovery_keeps_the_mask_and_refuses_test_questions(model, tokenizer_dir
     assert sparsify.measure_sparsity(model, original)["sparsity_measured"] == pytest.approx(0.5)
 
 
+@pytest.mark.e2e
 def test_script_records_sparsity_and_finetuning(base_args, tmp_path):
     small = make_synthetic_pubmedqa(tmp_path)  # 20 train questions: the loop tokenizes every one
     code = run_in_process(base_args, "--data-dir", str(small), "--strategy", "structured",
@@ -134,6 +135,7 @@ def test_script_records_sparsity_and_finetuning(base_args, tmp_path):
     assert (tmp_path / "saved" / "model.safetensors").is_file()
 
 
+@pytest.mark.e2e
 def test_script_two_four_on_cpu_says_dense(capsys, base_args, tmp_path):
     assert run_in_process(base_args, "--strategy", "2:4", "--run-name", "t") == 0
     m = json.loads((tmp_path / "results" / "t" / "results.json").read_text())["technique"]
@@ -154,6 +156,7 @@ def test_bad_input_exits_2(capsys, base_args, args, message):
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.e2e
 def test_bad_input_exits_2_from_the_command_line(base_args):
     """`python pruning/pruning.py` itself: the script shadows its own package on sys.path and must still run."""
     out = subprocess.run([sys.executable, str(SCRIPT), *base_args, "--strategy", "structured", "--sparsity", "1.5"],
@@ -166,6 +169,7 @@ def test_block_size_that_does_not_divide_is_refused(model):
         sparsify.prune_block(model, 0.5, 48, "global")
 
 
+@pytest.mark.e2e
 def test_a_saved_head_pruned_model_runs_with_model_dir(base_args, tmp_path):
     """README: a --save-dir runs with --model DIR. With heads removed the config no longer describes q/k/v/out_proj;
     the shared loader builds them at their stored shapes, and the logits are the pruning run's."""

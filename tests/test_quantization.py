@@ -80,6 +80,7 @@ def test_weight_only_int8_keeps_float_activations():
     assert type(w).__name__ == "Int8Tensor" and w.qdata.dtype == torch.int8 and w.act_quant_kwargs is None
 
 
+@pytest.mark.e2e
 def test_ptq_script_writes_results_with_conversion_record(base_args, tmp_path):
     assert run_script(PTQ, [*base_args, "--run-name", "dyn"]) == 0
     run = tmp_path / "results" / "dyn"
@@ -128,6 +129,7 @@ def short_data(tmp_path):
     return str(make_synthetic_pubmedqa(tmp_path / "pubmedqa"))
 
 
+@pytest.mark.e2e
 def test_qat_trains_converts_saves_and_never_sees_test_pmids(tokenizer_dir, short_data, tmp_path, monkeypatch):
     import evaluation.finetune
 

@@ -9,6 +9,8 @@ import pytest
 from conftest import run_script
 from evaluation import runner
 
+pytestmark = pytest.mark.e2e  # every test compares with a reference run made by the script
+
 
 @pytest.fixture(scope="module")
 def reference(tokenizer_dir, data_dir, tmp_path_factory):

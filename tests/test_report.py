@@ -234,6 +234,7 @@ def test_wandb_offline_table(results_root, tmp_path, monkeypatch, capfd):
     assert len(list(run.glob("files/media/images/*.png"))) == 3
 
 
+@pytest.mark.e2e
 def test_report_on_a_real_baseline_run(base_args, tmp_path):
     p = subprocess.run([sys.executable, "baseline/baseline.py", *base_args, "--run-name", "baseline"],
                        cwd=ROOT, capture_output=True, text=True)

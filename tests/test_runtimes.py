@@ -34,6 +34,7 @@ def run(base_args, name: str, *flags: str, cache: Path | None = None) -> Path:
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.e2e
 def test_fp32_runtime_does_eagers_work_on_eagers_batches(backend, base_args, tmp_path):
     """Same batches (tokens, padding), same logits as eager PyTorch on every question within float32 rounding;
     the footprint is the runtime's own artifact and the torch weights are gone before timing."""
@@ -61,6 +62,7 @@ def test_fp32_runtime_does_eagers_work_on_eagers_batches(backend, base_args, tmp
         assert any("ScaledDotProductAttention" in f for f in t["runtime"]["fusions"])
 
 
+@pytest.mark.e2e
 def test_artifact_built_once_then_reused_and_int8_from_it(base_args, tmp_path):
     cache = tmp_path / "cache"
     first = results(run(base_args, "fp32", "--backend", "onnxruntime", cache=cache))["technique"]["artifact"]
@@ -78,6 +80,7 @@ def test_artifact_built_once_then_reused_and_int8_from_it(base_args, tmp_path):
     assert sorted(p.name for p in cache.iterdir()) == sorted(Path(a["artifact_dir"]).name for a in (first, q))
 
 
+@pytest.mark.e2e
 def test_openvino_int8_weights_with_dynamic_activations(base_args, tmp_path):
     t = results(run(base_args, "ov", "--backend", "openvino", "--mode", "int8-weights-dynamic",
                     cache=tmp_path / "cache"))["technique"]
@@ -109,6 +112,7 @@ def tiny_program():
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.e2e
 def test_partial_conversion_refused(backend, tmp_path, monkeypatch):
     """A quantizer that leaves one decoder MatMul float: refused with a count, not reported as int8."""
     model, program = tiny_program()
@@ -204,6 +208,7 @@ def test_openvino_bf16_needs_bf16_units(base_args, monkeypatch, capsys):
                                                             capsys)
 
 
+@pytest.mark.e2e
 def test_torch_weights_freed_after_the_check(base_args, tmp_path):
     """The timed passes run the runtime's copy only: apply leaves the torch model without weights."""
     from evaluation import parse_config

@@ -22,6 +22,7 @@ def results(base_args) -> dict:
     return json.loads(run.read_text())
 
 
+@pytest.mark.e2e
 def test_unknown_combination_lists_valid_ones(base_args):
     proc = run_script(base_args, "--backend", "aot_eager", "--mode", "ansor")
     assert proc.returncode == 2, proc.stderr
@@ -29,12 +30,14 @@ def test_unknown_combination_lists_valid_ones(base_args):
     assert "inductor: default|reduce-overhead|max-autotune" in proc.stderr and "tvm: default|ansor" in proc.stderr
 
 
+@pytest.mark.e2e
 def test_static_only_backends_refuse_dynamic_shapes(base_args):
     proc = run_script(base_args, "--backend", "tvm", "--shapes", "dynamic")
     assert proc.returncode == 2 and "tvm default compiles static shapes only" in proc.stderr, proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize("backend", ["inductor", "tvm"])
+@pytest.mark.e2e
 def test_compiled_matches_eager_without_recompiling(base_args, backend):
     """Both run eager's token-budget batches, so padding stays under 10%. TVM (static shapes): each batch padded
     up to a bucket length, the rounding counted in the budget; one build per [rows, length] shape. Inductor
@@ -71,6 +74,7 @@ def test_eager_check_catches_wrong_logits():
     assert not off["passed"] and off["max_abs_logit_diff"] == pytest.approx(0.01, rel=1e-3)
 
 
+@pytest.mark.e2e
 def test_tvm_tuning_database_written_then_reused(tmp_path):
     pytest.importorskip("tensor_rewriting.tvm_relax")
     from tensor_rewriting.tvm_relax import TVMCompiler, tuning

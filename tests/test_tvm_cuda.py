@@ -126,6 +126,7 @@ def h100_builds():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.e2e
 def test_cuda_build_compiles_to_sm90_cubin_with_nvcc(h100_builds, dtype, tmp_path):
     nvcc = shutil.which("nvcc")
     if nvcc is None:
@@ -141,6 +142,7 @@ def test_cuda_build_compiles_to_sm90_cubin_with_nvcc(h100_builds, dtype, tmp_pat
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.e2e
 def test_cuda_build_compiles_with_nvrtc_as_at_load_time(h100_builds, dtype):
     """TVM's own load-time route (tvm_callback_cuda_compile -> NVRTC via cuda-bindings), run without a GPU."""
     problems = cuda_env.nvrtc_problems()
@@ -151,6 +153,7 @@ def test_cuda_build_compiles_with_nvrtc_as_at_load_time(h100_builds, dtype):
     assert len(compile_cuda(h100_builds[dtype][1], target_format="cubin", arch="sm_90", compiler="nvrtc")) > 0
 
 
+@pytest.mark.e2e
 def test_tensor_cores_in_float16_only(h100_builds):
     for dtype, (stats, source) in h100_builds.items():
         used, kernels = compiler.tensor_core_kernels(source)

@@ -22,6 +22,7 @@ def tiny_prompt_model():
     return module, (batch.input_ids, batch.attention_mask, batch.position_ids, batch.last_index)
 
 
+@pytest.mark.e2e
 def test_default_budget_tunes_with_evolutionary_search_and_xgboost(tmp_path, monkeypatch):
     if not tuning.json_database_works():
         pytest.skip(tuning.JSON_DATABASE_BROKEN)
@@ -60,6 +61,7 @@ def test_interrupted_tuning_leaves_no_empty_database_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["database_tuning_record.json", "kept.json"]
 
 
+@pytest.mark.e2e
 def test_another_bucket_reuses_the_tuned_schedule(tmp_path):
     if not tuning.json_database_works():
         pytest.skip(tuning.JSON_DATABASE_BROKEN)
@@ -79,6 +81,7 @@ def test_another_bucket_reuses_the_tuned_schedule(tmp_path):
     assert compile_for(8) == (0, 0, 1)  # and it is now that workload's own record
 
 
+@pytest.mark.e2e
 def test_tuning_twice_keeps_handlers_it_did_not_create(tmp_path):
     """Tuning twice in one process, as pytest >= 9.2 sets it up: at each test it attaches its unnamed capture
     handler to every non-propagating logger, and MetaSchedule's first tuning leaves its logger non-propagating.
@@ -108,6 +111,7 @@ def test_tuning_twice_keeps_handlers_it_did_not_create(tmp_path):
             logger.removeHandler(handler)
 
 
+@pytest.mark.e2e
 def test_cpu_pipeline_schedules_every_kernel_and_stays_exact():
     """TVM default on a CPU: the matmuls (with their bias/GELU/residual epilogues and the transposed weight read
     while packing) and everything else come out scheduled — a parallel loop in every kernel — and the result equals

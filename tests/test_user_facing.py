@@ -33,6 +33,7 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys):
     assert capsys.readouterr().err.strip() == "interrupted"
 
 
+@pytest.mark.e2e
 def test_ctrl_c_during_the_run_writes_nothing(base_args, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -44,6 +45,7 @@ def test_ctrl_c_during_the_run_writes_nothing(base_args, monkeypatch, capsys):
     assert not Path(base_args[base_args.index("--output-dir") + 1]).exists()
 
 
+@pytest.mark.e2e
 def test_ctrl_c_while_logging_keeps_the_results(base_args, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -55,6 +57,7 @@ def test_ctrl_c_while_logging_keeps_the_results(base_args, monkeypatch, capsys):
     assert results_of(base_args, "kept")["metrics"]["n"] == 6
 
 
+@pytest.mark.e2e
 def test_sigint_in_the_timed_phase(tokenizer_dir, data_dir, tmp_path):
     """A real Ctrl-C (SIGINT) half-way through the timed phase: one line, exit 130, no traceback, nothing left."""
     out, log = tmp_path / "out", tmp_path / "stderr"
@@ -77,6 +80,7 @@ def test_sigint_in_the_timed_phase(tokenizer_dir, data_dir, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.e2e
 def test_overwrite_replaces_the_run(base_args):
     assert run_script(BASELINE, [*base_args, "--run-name", "same", "--batch-size", "4"]) == 0
     out = Path(base_args[base_args.index("--output-dir") + 1])
@@ -89,6 +93,7 @@ def test_overwrite_replaces_the_run(base_args):
     assert sorted(p.name for p in out.iterdir()) == ["same"]
 
 
+@pytest.mark.e2e
 def test_limit_above_the_test_set_is_clamped_and_recorded(base_args, tmp_path, capsys):
     (tmp_path / "small").mkdir()
     data = make_synthetic_pubmedqa(tmp_path / "small", n=8)  # 4 test questions
@@ -100,6 +105,7 @@ def test_limit_above_the_test_set_is_clamped_and_recorded(base_args, tmp_path, c
     assert results["config"]["limit"] == 50  # the config stays as asked
 
 
+@pytest.mark.e2e
 def test_min_passes_0_times_the_cold_pass_and_says_so(base_args, capsys):
     assert run_script(BASELINE, [*base_args, "--min-passes", "0", "--run-name", "cold"]) == 0
     out = capsys.readouterr()
@@ -114,6 +120,7 @@ def test_min_passes_0_times_the_cold_pass_and_says_so(base_args, capsys):
     assert "no timed phase, --min-passes 0: from the cold pass" in out.out
 
 
+@pytest.mark.e2e
 def test_min_passes_0_against_a_timed_reference(base_args, capsys):
     assert run_script(BASELINE, [*base_args, "--run-name", "ref"]) == 0
     out = Path(base_args[base_args.index("--output-dir") + 1])
