@@ -66,8 +66,9 @@ def tiny(tokenizer_dir):
 
 
 def evaluated(model, **config):
-    """evaluate() on a tiny-random model, the run resolved from `config` as the runner resolves it."""
-    cfg = RunConfig(model="tiny-random", wandb="disabled", **config)
+    """evaluate() on a tiny-random model, the run resolved from `config` as the runner resolves it. The rows'
+    predictions, logits and texts come from the cold pass: no timed passes (--min-passes 0)."""
+    cfg = RunConfig(model="tiny-random", wandb="disabled", min_passes=0, **config)
     return evaluate(model, cfg, resolve(cfg, torch.device("cpu"), Path("unused")))
 
 

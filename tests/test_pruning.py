@@ -99,9 +99,10 @@ def test_ffn_only_structured_reloads_with_plain_from_pretrained(model, tmp_path)
         assert torch.allclose(reloaded(ids()).logits, expected, atol=1e-5)
 
 
-def test_recovery_keeps_the_mask_and_refuses_test_questions(model, tokenizer_dir, data_dir):
+def test_recovery_keeps_the_mask_and_refuses_test_questions(model, tokenizer_dir, tmp_path):
     from evaluation import load_test_questions, load_tokenizer, load_train_questions
 
+    data_dir = make_synthetic_pubmedqa(tmp_path)  # short contexts: a training step costs little on the CPU
     tokenizer = load_tokenizer("tiny-random", tokenizer_dir)
     train, test = load_train_questions(data_dir), load_test_questions(data_dir)
     test_pmids = {q.pmid for q in test}
