@@ -511,10 +511,36 @@ def test_percent_of_peak_uses_one_peak_per_dtype_in_a_group(tmp_path):
     assert "tiny-random float32 200 GFLOP/s" in (root / "table.md").read_text()
 
 
-def test_help_is_whole_sentences():
-    text = report.make_parser().format_help()
-    assert "(default: None)" not in text
-    parser = report.make_parser()
-    assert parser.description.endswith(".") and "\n" not in parser.description
-    for action in parser._actions[1:]:
-        assert action.help.endswith(".") and action.help.count("(default:") == 1, action.help
+def help_entries(text: str) -> tuple[str, dict[str, str]]:
+    """(description, {invocation: help}) of an argparse --help text, each wrapped paragraph joined into one line."""
+    paragraphs = text.split("\n\n")
+    description = " ".join(paragraphs[1].split())
+    entries, last = {}, None
+    for line in "\n".join(p for p in paragraphs[2:] if p.split("\n")[0].endswith(":")).splitlines():
+        if line.startswith("  ") and not line.startswith("   "):  # an argument: its invocation, then maybe its help
+            last, _, help_ = line.strip().partition("  ")
+            entries[last] = help_.strip()
+        elif line.startswith("   ") and last:  # the argument's help, wrapped
+            entries[last] = f"{entries[last]} {line.strip()}".strip()
+    return description, entries
+
+
+def test_help_says_each_argument_and_its_true_default_in_whole_sentences(monkeypatch, capsys):
+    """`python -m evaluation.report --help` as a user reads it (a wide terminal, so no word is wrapped): a one-paragraph
+    description and every argument's help are whole sentences, each states its default once, never "None", and the
+    defaults it states are the ones the parser uses."""
+    monkeypatch.setenv("COLUMNS", "1000")
+    with pytest.raises(SystemExit) as exit_:
+        report.main(["--help"])
+    assert exit_.value.code == 0
+    description, entries = help_entries(capsys.readouterr().out)
+    assert description.endswith(".") and "evaluation/REPORT.md" in description
+    defaults = vars(report.make_parser().parse_args([]))
+    entries.pop("-h, --help")
+    assert len(entries) == len(defaults), entries  # every argument has its help
+    stated = []
+    for invocation, help_ in entries.items():
+        assert help_.endswith(".") and help_.count("(default: ") == 1, (invocation, help_)
+        stated.append(help_.split("(default: ")[1].split(")")[0])
+    assert "None" not in stated
+    assert {" ".join(v) if isinstance(v, list) else str(v) for v in defaults.values() if v is not None} <= set(stated)
