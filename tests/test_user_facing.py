@@ -140,8 +140,24 @@ def test_min_passes_refused(argv, message):
         parse_config("baseline", argv=argv)
 
 
-def test_min_passes_default_is_several():
-    assert parse_config("baseline", argv=[]).min_passes == 3
+def test_a_run_without_min_passes_times_exactly_three_passes(tokenizer_dir, data_dir):
+    """Neither --min-passes nor --min-duration, on a CPU: the cold pass, then three timed passes, each a forward of
+    every batch (counted on the model), with three pass times recorded."""
+    import torch
+
+    from evaluation import evaluate
+    from evaluation.modeling import random_model
+    from evaluation.resolve import resolve
+
+    cfg = parse_config("baseline", argv=["--model", "tiny-random", "--tokenizer-dir", tokenizer_dir, "--data-dir",
+                                         data_dir, "--limit", "3", "--batch-size", "2", "--wandb", "disabled"])
+    run = resolve(cfg, torch.device("cpu"), Path("unused"))
+    model = random_model("tiny-random", 0, torch.float32, torch.device("cpu"))
+    forwards = []
+    model.biogpt.register_forward_hook(lambda *_: forwards.append(1))
+    metrics, _, _ = evaluate(model, cfg, run)
+    assert metrics["timed_passes"] == 3 and len(metrics["pass_wall_s_samples"]) == 3
+    assert len(run.prompts.batches) >= 1 and len(forwards) == (1 + 3) * len(run.prompts.batches)
 
 
 @pytest.mark.parametrize("min_passes, min_duration, done, elapsed, last, expected", [
