@@ -194,3 +194,37 @@ def test_attention_table_bad_input_exits_2(argv, message, monkeypatch, capsys):
     assert message in err
     if "invalid choice" not in message:  # argparse's own errors come with its usage line
         assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("mode", [[], ["--processes"]], ids=["one-process", "processes"])
+def test_harness_overhead_times_both_contenders_round_by_round(base_args, tmp_path, mode):
+    out = tmp_path / "overhead.json"
+    args = [a for a in base_args if a not in ("--wandb", "disabled")]
+    run_benchmark("-m", "benchmarks.harness_overhead", *args, "--limit", "4", "--rounds", "2", *mode, "--out", out)
+    r = json.loads(out.read_text())
+    assert r["mode"] == ("processes" if mode else "one process") and r["model"]["weights"] == "random"
+    assert [len(r["pass_s"][k]["samples"]) for k in ("plain", "harness")] == [2, 2]
+    ratio = r["harness_over_plain"]
+    assert ratio["timing"] == "paired" and ratio["value"] == pytest.approx(
+        (r["pass_s"]["harness"]["samples"][0] / r["pass_s"]["plain"]["samples"][0]
+         * r["pass_s"]["harness"]["samples"][1] / r["pass_s"]["plain"]["samples"][1]) ** 0.5)
+
+
+def test_the_plain_loop_gives_the_benchs_logits(tokenizer_dir, data_dir):
+    """The loop harness_overhead times against the bench does the bench's work: the same answer logits."""
+    from benchmarks.plain_loop import plain_pass
+    from evaluation import RunConfig
+    from evaluation.answering import answer_logits
+    from evaluation.resolve import resolve
+
+    cfg = RunConfig(model="tiny-random", tokenizer_dir=tokenizer_dir, data_dir=data_dir, limit=5, batch_size=4)
+    run = resolve(cfg, CPU, ROOT / "unused")
+    model = random_model("tiny-random", 0, torch.float32, CPU)
+    got = []
+    model.output_projection.register_forward_hook(lambda m, i, o: got.append(o))
+    batches = run.prompts.batches
+    plain_pass(model, [(b.input_ids, b.attention_mask, b.position_ids, b.last_index) for b in batches],
+               run.prompts.answer_ids)
+    for b, out in zip(batches, got):
+        torch.testing.assert_close(out[:, run.prompts.answer_ids].float(), answer_logits(model, b, run.prompts.answer_ids))
