@@ -110,11 +110,6 @@ def load_test_questions(data_dir: str | None, limit: int | None = None) -> list[
     return test[:limit] if limit else test
 
 
-def load_train_questions(data_dir: str | None) -> list[Question]:
-    """The train/dev half (never a test PMID): what fine-tuning may see."""
-    return load_splits(data_dir)[1]
-
-
 def load_finetuning_data(data_dir: str | None) -> tuple[list[Question], set[str]]:
     """(train/dev half, all 500 test PMIDs) from one read: what the fine-tuning loop takes and checks against."""
     test, train = load_splits(data_dir)

@@ -3,8 +3,7 @@ import json
 import pytest
 from conftest import make_synthetic_pubmedqa, needs_shared, SHARED_PUBMEDQA, SHARED_TOKENIZER
 
-from evaluation import (UsageError, load_finetuning_data, load_test_questions, load_tokenizer,
-                        load_train_questions)
+from evaluation import UsageError, load_finetuning_data, load_test_questions, load_tokenizer
 from evaluation.answering import (ANSWER_PREFIX, answer_token_ids, encode_prompt, parse_answer,
                                   source_text)
 from evaluation.data import load_splits
@@ -41,9 +40,9 @@ def test_context_joined_and_whitespace_collapsed(tmp_path):
 
 def test_train_half_never_holds_test_pmids(data_dir):
     test_ids = {q.pmid for q in load_test_questions(data_dir)}
-    assert not test_ids & {q.pmid for q in load_train_questions(data_dir)}
+    assert not test_ids & {q.pmid for q in load_finetuning_data(data_dir)[0]}
     train, test_pmids = load_finetuning_data(data_dir)
-    assert test_pmids == test_ids and train == load_train_questions(data_dir)
+    assert test_pmids == test_ids and train == load_finetuning_data(data_dir)[0]
 
 
 @pytest.mark.parametrize("breakage, message", [

@@ -100,11 +100,11 @@ def test_ffn_only_structured_reloads_with_plain_from_pretrained(model, tmp_path)
 
 
 def test_recovery_keeps_the_mask_and_refuses_test_questions(model, tokenizer_dir, tmp_path):
-    from evaluation import load_test_questions, load_tokenizer, load_train_questions
+    from evaluation import load_finetuning_data, load_test_questions, load_tokenizer
 
     data_dir = make_synthetic_pubmedqa(tmp_path)  # short contexts: a training step costs little on the CPU
     tokenizer = load_tokenizer("tiny-random", tokenizer_dir)
-    train, test = load_train_questions(data_dir), load_test_questions(data_dir)
+    train, test = load_finetuning_data(data_dir)[0], load_test_questions(data_dir)
     test_pmids = {q.pmid for q in test}
     assert train and not test_pmids & {q.pmid for q in train}
     original = sparsify.weight_counts(model)

@@ -8,7 +8,7 @@ import torch
 
 from conftest import make_synthetic_pubmedqa, run_script
 from evaluation import (RunConfig, UsageError, decoder_linears, evaluate, footprint_bytes, linear_conversion,
-                        load_test_questions, load_tokenizer, load_train_questions, require_all_converted)
+                        load_test_questions, load_tokenizer, load_finetuning_data, require_all_converted)
 from evaluation.modeling import random_model
 from quantization import qat
 from quantization.int8_layers import quantize_decoder
@@ -148,7 +148,7 @@ def test_qat_trains_converts_saves_and_never_sees_test_pmids(tokenizer_dir, shor
 
     all_test = {q.pmid for q in load_test_questions(short_data)}
     assert seen["test_pmids"] == all_test  # every test PMID, not only the --limit ones
-    assert seen["train"] == {q.pmid for q in load_train_questions(short_data)} and not seen["train"] & all_test
+    assert seen["train"] == {q.pmid for q in load_finetuning_data(short_data)[0]} and not seen["train"] & all_test
 
     run = tmp_path / "results" / "qat"
     results = json.loads((run / "results.json").read_text())
