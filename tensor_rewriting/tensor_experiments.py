@@ -34,7 +34,7 @@ class CompileOptions(DtypeOptions):
                                       "(CPU) or CUDA; onnxruntime, openvino: torch.export -> ONNX / OpenVINO IR, run "
                                       "by that runtime (float32 --dtype; precision by --mode).", choices=list(MODES))
     mode: str = option("default", "inductor: default, reduce-overhead or max-autotune; tvm: default (the Relax "
-                                  "pipeline; see tensor_rewriting/README.md for what it costs on a CPU) or ansor "
+                                  "pipeline; docs/tvm.md says what it costs on a CPU) or ansor "
                                   "(= meta-schedule, MetaSchedule auto-tuning); onnxruntime: default (fp32), "
                                   "int8-dynamic or fp16 (CUDA); openvino: default (fp32), int8-weights (NNCF), "
                                   "int8-weights-dynamic (plus dynamic int8 activations) or bf16 (CPUs with bf16 "
