@@ -5,7 +5,9 @@ skeleton, with the evaluation package's options, prompts, timing and environment
 
 attention_table: eager vs SDPA per batch size x sequence length; dynamic_int8: fp32 vs torchao vs torch.ao dynamic
 int8, whole model or single Linears, with the top operators; tvm_layers: TVM's build against eager per decoder
-layer, projected to full depth. Each times its contenders interleaved in one process (interleaved below).
+layer, projected to full depth; harness_overhead: the bench's timed pass against a plain loop (plain_loop.py);
+runtime_profile: ONNX Runtime's pass against eager's, by operator. Each times its contenders interleaved in one
+process (interleaved below).
 """
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from tensor_rewriting.runtime_cache import cached_artifact, model_identity
 
 RUNTIME_MODES = {"onnxruntime": ["default", "int8-dynamic", "fp16"],
                  "openvino": ["default", "int8-weights", "int8-weights-dynamic", "bf16"]}
+RUNTIME_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # the 16-bit modes' compute dtype; the rest float32
 # A quantized or 16-bit runtime may differ from float32 eager by this multiple of what PyTorch's own scheme of the
 # same kind differs on the same batches (the yardstick): the rounding is of the same kind, its details are not
 # (ORT's asymmetric uint8 activations, OpenVINO's per-group ones, the order of reductions).

@@ -17,10 +17,10 @@ import evaluation  # first: a Ctrl-C while torch imports is then one line, not a
 import torch
 
 from evaluation import Applied, DtypeOptions, UsageError, main, option
-from evaluation.modeling import DTYPES
+from evaluation.modeling import DTYPES, load_model
 from tensor_rewriting.hot_path import DEFAULT_BUCKETS, AnswerLogits, CompiledForward, eager_check, warm_up
 from tensor_rewriting.runtime_cache import default_cache_dir
-from tensor_rewriting.runtimes import RUNTIME_MODES, apply_runtime, check_runtime
+from tensor_rewriting.runtimes import RUNTIME_DTYPES, RUNTIME_MODES, apply_runtime, check_runtime
 
 MODES = {"eager": ["default"], "aot_eager": ["default"], "cudagraphs": ["default"],
          "inductor": ["default", "reduce-overhead", "max-autotune"],
@@ -100,8 +100,14 @@ class CompileOptions(DtypeOptions):
         return values
 
     @property
-    def variant(self) -> str:
-        return f"{self.backend}-{self.mode}-{self.dtype_name}"
+    def variant(self) -> str:  # a runtime's precision is its mode: no --dtype suffix
+        return f"{self.backend}-{self.mode}" if self.runtime else f"{self.backend}-{self.mode}-{self.dtype_name}"
+
+    @property
+    def dtype(self) -> str:
+        """What the matmuls compute in (the roofline's peak, the tables' dtype column); int8 modes keep float32
+        activations around their int8 GEMMs, as torch.ao's dynamic int8 does."""
+        return RUNTIME_DTYPES.get(self.mode, "float32") if self.runtime else self.dtype_name
 
     def batch_buckets(self) -> list[int] | None:
         return None if self.dynamic else self.bucket_lengths
@@ -127,6 +133,11 @@ def compile_forward(module, opts, device, shapes: int):
     from tensor_rewriting.torch_backends import TorchCompiled
     return TorchCompiled(module, opts.backend, opts.mode, shapes, device, DTYPES[opts.dtype_name],
                          dynamic=opts.dynamic)
+
+
+def load(cfg, device):
+    """The torch model in --dtype: a runtime exports it in float32 whatever precision its mode computes in."""
+    return load_model(cfg, device, cfg.options.dtype_name)
 
 
 def apply(model, cfg, run) -> Applied:
@@ -162,4 +173,4 @@ def apply(model, cfg, run) -> Applied:
 
 
 if __name__ == "__main__":
-    main("tensor_rewriting", CompileOptions, apply, description=__doc__.splitlines()[0])
+    main("tensor_rewriting", CompileOptions, apply, load, description=__doc__.splitlines()[0])

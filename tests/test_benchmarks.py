@@ -228,3 +228,17 @@ def test_the_plain_loop_gives_the_benchs_logits(tokenizer_dir, data_dir):
                run.prompts.answer_ids)
     for b, out in zip(batches, got):
         torch.testing.assert_close(out[:, run.prompts.answer_ids].float(), answer_logits(model, b, run.prompts.answer_ids))
+
+
+@pytest.mark.e2e
+def test_runtime_profile_splits_both_passes_by_operator(base_args, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "profile.json"
+    run_benchmark("-m", "benchmarks.runtime_profile", *base_args, "--limit", "4", "--backend", "onnxruntime",
+                  "--runtime-cache-dir", tmp_path / "cache", "--out", out)
+    r = json.loads(out.read_text())
+    assert r["model"]["weights"] == "random" and r["config"]["options"]["backend"] == "onnxruntime"
+    for name, matmul in (("onnxruntime", "MatMul"), ("eager", "aten::addmm")):
+        p = r[name]
+        assert 0 < p["matmul_ms"] < p["total_ms"] and p["top"][matmul] > 0
+        assert sum(p["top"].values()) + p["rest_ms"] == pytest.approx(p["total_ms"])

@@ -208,6 +208,26 @@ def test_openvino_bf16_needs_bf16_units(base_args, monkeypatch, capsys):
                                                             capsys)
 
 
+@pytest.mark.parametrize("backend, mode, variant, dtype", [
+    ("openvino", "bf16", "openvino-bf16", "bfloat16"),
+    ("onnxruntime", "fp16", "onnxruntime-fp16", "float16"),
+    ("onnxruntime", "int8-dynamic", "onnxruntime-int8-dynamic", "float32"),
+    ("inductor", "default", "inductor-default-float32", "float32"),
+])
+def test_a_runtime_is_named_and_timed_by_the_precision_its_mode_computes_in(backend, mode, variant, dtype,
+                                                                            monkeypatch):
+    """The tables' dtype column and the roofline's peak follow the mode; the torch model loads in float32."""
+    from evaluation import parse_config
+    from tensor_rewriting import tensor_experiments
+    cfg = parse_config("tensor_rewriting", tensor_experiments.CompileOptions,
+                       ["--model", "tiny-random", "--backend", backend, "--mode", mode])
+    assert (cfg.variant, cfg.dtype, cfg.to_dict()["dtype"]) == (variant, dtype, dtype)
+    loaded = []
+    monkeypatch.setattr(tensor_experiments, "load_model", lambda c, d, dt: loaded.append(dt))
+    tensor_experiments.load(cfg, torch.device("cpu"))
+    assert loaded == ["float32"]
+
+
 @pytest.mark.e2e
 def test_torch_weights_freed_after_the_check(base_args, tmp_path):
     """The timed passes run the runtime's copy only: apply leaves the torch model without weights."""

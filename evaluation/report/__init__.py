@@ -4,10 +4,10 @@ row of report.md and report.json, a point in three PNG plots and, when wandb is 
     python -m evaluation.report                                  # results/ -> results/report.md, results/plots/
     python -m evaluation.report results/run_all-X --out reports/X --wandb disabled
 
-Runs are grouped by device, model, decode mode and question set (the PMIDs answered); every comparison (agreement
-and KL, the paired McNemar test, the speed-up and its interval, the memory ratio) is taken only against the
-baseline run of the same group, from the runs' per_question.csv and timed passes, so runs on different devices or
-question sets are never compared. A failed command is recorded as RUN_DIR/error.json
+Runs are grouped by device, model, decode mode and question set (the PMIDs answered), and runs of different groups
+are never compared. A run's comparison (agreement and KL, the paired McNemar test, the speed-up and its interval)
+is the one it stored (--paired: against its fp32-eager reference timed in alternating rounds); a run without one is
+set against its group's baseline run, timed apart, so its speed-up is never called significant (compare.py). A failed command is recorded as RUN_DIR/error.json
 {"command", "returncode", "stderr_tail"} (evaluation.matrix writes it; "skipped": true + "reason" for a
 known-broken combination that was not run) and listed under "Failed or skipped runs".
 
