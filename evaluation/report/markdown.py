@@ -40,10 +40,12 @@ THREE_SENTENCES = (
     "move on another question set like this one. Every other run is compared with its group's baseline question by "
     "question: flips count the questions it newly gets wrong (→wrong) and newly gets right (→right), the McNemar p "
     "and the paired Δ-accuracy interval say whether that change is real, and with random weights \"right\" means "
-    "\"answers as the baseline does\" (marked agr.). The speed-up is the baseline's median timed pass divided by "
-    "the run's, with a bootstrap interval over both runs' passes; \"n.s.\" marks an interval that includes 1.0, and "
-    "a \"sig. 5 %\" column says no whenever a change is not significant at 5 % — such runs are not faster, slower, "
-    "better or worse than the baseline, and they are never ranked against each other.")
+    "\"answers as the baseline does\" (marked agr.). A \"paired\" speed-up was timed with --paired: an fp32-eager "
+    "reference pass ÷ the run's pass, alternated in one session, the geometric mean over rounds with a t interval, "
+    "\"n.s.\" when it includes 1.0; \"apart, no test\" is the baseline run's median pass ÷ the run's, timed at other "
+    "times, where the machine's drift is unmeasured. A \"sig. 5 %\" column says no whenever a change is not "
+    "significant at 5 % (or untested) — such runs are not faster, slower, better or worse than the baseline, and "
+    "they are never ranked against each other.")
 
 QUALITY_COLUMNS = ["group", "#", "technique", "variant", "dtype", "weights", "n", "accuracy [95% CI]",
                    "macro-F1 [95% CI]", "vs run", "agreement %", "mean KL", "flips →wrong / →right", "McNemar p",
