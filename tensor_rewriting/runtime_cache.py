@@ -72,9 +72,19 @@ def cached_artifact(root: str, name: str, key_parts: dict, build: Callable[[Path
                    **{k: v for k, v in meta.items() if k != "key"}}
 
 
+def remove_dead_builds(final: Path) -> None:
+    """A build killed outright (SIGKILL for memory, a terminal closed) leaves its half-written directory, often the
+    model's size: remove those of builders no longer alive. The builder's pid is in the name."""
+    for stale in final.parent.glob(f".{final.name}-building-*"):
+        pid = stale.name[len(final.name) + 11:].split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def build_into(final: Path, parts: dict, build: Callable[[Path], dict]) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-building-"))
+    remove_dead_builds(final)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-building-{os.getpid()}-"))
     try:
         t0 = time.perf_counter()
         meta = build(tmp)

@@ -265,3 +265,24 @@ def test_artifact_built_in_a_child_appears_whole_or_not_at_all(tmp_path):
     assert not first["reused"] and first["builder_pid"] != os.getpid()  # built in a child process
     again = cached_artifact(str(tmp_path), "model", {"kind": "fp32"}, lambda d: pytest.fail("rebuilt"))[1]
     assert again["reused"] and again["artifact_dir"] == str(path) and (path / "weights.bin").read_bytes() == b"1234"
+
+
+def test_a_killed_build_is_cleared_by_the_next_one(tmp_path):
+    """A builder killed outright leaves its half-written directory (the model's size); the next build of that
+    artifact removes it, and leaves alone one whose builder is still alive."""
+    import os
+    import subprocess
+    import sys
+
+    from tensor_rewriting.runtime_cache import build_into
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    final = tmp_path / "model-abc"
+    killed = tmp_path / f".model-abc-building-{dead}-x1"
+    alive = tmp_path / f".model-abc-building-{os.getpid()}-x2"
+    for d in (killed, alive):
+        d.mkdir()
+        (d / "model.onnx.data").write_bytes(b"half")
+    build_into(final, {"kind": "fp32"}, lambda d: (d / "w.bin").write_bytes(b"1") and {})
+    assert (final / "meta.json").is_file() and not killed.exists() and alive.exists()
