@@ -17,14 +17,14 @@ import evaluation  # noqa: F401  first: a Ctrl-C while torch imports is then one
 import torch
 
 from benchmarks import cpu_profiler, write_json
-from evaluation import UsageError, load_model, option, parse_config, run_main
+from evaluation import UsageError, option, parse_config, run_main
 from evaluation.answering import answer_logits
 from evaluation.resolve import resolve
 from evaluation.results import environment
 from tensor_rewriting.hot_path import CompiledForward
 from tensor_rewriting.ort_backend import MODEL_FILE, artifact_kind
 from tensor_rewriting.runtimes import load_runner, runtime_artifact
-from tensor_rewriting.tensor_experiments import CompileOptions
+from tensor_rewriting.tensor_experiments import CompileOptions, load
 
 CPU = torch.device("cpu")
 MATMULS = {"MatMul", "FusedMatMul", "Gemm", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
@@ -47,14 +47,16 @@ def top(ms_by_op: dict[str, float], n: int = 8) -> dict:
 def ort_profile(runner, directory: Path, one_pass) -> dict:
     """Kernel time per operator over one pass, from ONNX Runtime's own profiler (a second session, same options)."""
     options = runner.session.get_session_options()
-    options.enable_profiling, options.profile_file_prefix = True, f"{tempfile.mkdtemp()}/pass"
-    runner.session = type(runner.session)(str(directory / MODEL_FILE), options, providers=["CPUExecutionProvider"])
-    runner.ops_run = runner.ops_run or {}  # the runner's own first-call profile is over: it must not end this one
-    one_pass()
     ms = collections.Counter()
-    for e in json.loads(Path(runner.session.end_profiling()).read_text()):
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            ms[e["args"]["op_name"]] += e["dur"] / 1e3
+    with tempfile.TemporaryDirectory(prefix="ort-profile-") as trace_dir:
+        options.enable_profiling, options.profile_file_prefix = True, f"{trace_dir}/pass"
+        runner.session = type(runner.session)(str(directory / MODEL_FILE), options,
+                                              providers=["CPUExecutionProvider"])
+        runner.ops_run = runner.ops_run or {}  # the runner's own first-call profile is over: it must not end this one
+        one_pass()
+        for e in json.loads(Path(runner.session.end_profiling()).read_text()):
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                ms[e["args"]["op_name"]] += e["dur"] / 1e3
     return top(ms)
 
 
@@ -66,11 +68,11 @@ def eager_profile(one_pass) -> dict:
 
 def main():
     cfg = parse_config("tensor_rewriting", ProfileOptions, description=__doc__.splitlines()[0])
-    if cfg.options.backend != "onnxruntime" or cfg.device == "cuda":
+    if cfg.options.backend != "onnxruntime" or cfg.device.startswith("cuda"):
         raise UsageError("runtime_profile profiles --backend onnxruntime on the CPU")
     run = resolve(cfg, CPU, Path(tempfile.gettempdir()) / "unused")
     batches, answer_ids = run.prompts.batches, run.prompts.answer_ids
-    model = load_model(cfg, CPU, "float32")
+    model = load(cfg, CPU)  # float32: the export's dtype
     directory, _ = runtime_artifact(cfg, model, run.identity, answer_ids.tolist(), artifact_kind(cfg.options.mode))
     runner = load_runner("onnxruntime", cfg.options.mode, directory, CPU, batches)
     forward = CompiledForward(runner)
@@ -89,6 +91,7 @@ def main():
     if cfg.options.out:
         print(f"wrote {write_json(cfg.options.out, report)}")
     return report
+
 
 if __name__ == "__main__":
     run_main(main)

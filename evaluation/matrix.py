@@ -5,8 +5,8 @@ as its own process (`python -m MODULE`: its own peak memory, fresh compiler cach
 passes alternate with an fp32-eager reference's, so every speed-up is taken from passes timed side by side (with
 --min-passes 0, against the baseline run instead); a failed command leaves RUN/error.json. A variant its script
 would refuse on this machine (the same checks the script runs before loading anything) or whose pass would take
-hours here is not run and leaves RUN/error.json with "skipped": true and the reason. The report (evaluation.report) is the table. The wandb sweeps
-in sweeps/ are written from the same list (`--write-sweeps`).
+hours here is not run and leaves RUN/error.json with "skipped": true and the reason. The report
+(evaluation.report) is the table. The wandb sweeps in sweeps/ are written from the same list (`--write-sweeps`).
 
     python -m evaluation.matrix --out results/matrix-tiny -- --model tiny-random \
         --tokenizer-dir ../shared/data/biogpt-large --data-dir ../shared/data/pubmedqa --limit 20 --wandb disabled

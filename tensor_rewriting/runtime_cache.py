@@ -72,19 +72,34 @@ def cached_artifact(root: str, name: str, key_parts: dict, build: Callable[[Path
                    **{k: v for k, v in meta.items() if k != "key"}}
 
 
+def building_prefix(final: Path) -> str:
+    return f".{final.name}-building-"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
 def remove_dead_builds(final: Path) -> None:
     """A build killed outright (SIGKILL for memory, a terminal closed) leaves its half-written directory, often the
     model's size: remove those of builders no longer alive. The builder's pid is in the name."""
-    for stale in final.parent.glob(f".{final.name}-building-*"):
-        pid = stale.name[len(final.name) + 11:].split("-")[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+    prefix = building_prefix(final)
+    for stale in final.parent.glob(prefix + "*"):
+        pid = stale.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and not alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
 
 
 def build_into(final: Path, parts: dict, build: Callable[[Path], dict]) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_builds(final)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-building-{os.getpid()}-"))
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{building_prefix(final)}{os.getpid()}-"))
     try:
         t0 = time.perf_counter()
         meta = build(tmp)

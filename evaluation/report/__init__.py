@@ -7,9 +7,10 @@ row of report.md and report.json, a point in three PNG plots and, when wandb is 
 Runs are grouped by device, model, decode mode and question set (the PMIDs answered), and runs of different groups
 are never compared. A run's comparison (agreement and KL, the paired McNemar test, the speed-up and its interval)
 is the one it stored (--paired: against its fp32-eager reference timed in alternating rounds); a run without one is
-set against its group's baseline run, timed apart, so its speed-up is never called significant (compare.py). A failed command is recorded as RUN_DIR/error.json
-{"command", "returncode", "stderr_tail"} (evaluation.matrix writes it; "skipped": true + "reason" for a
-known-broken combination that was not run) and listed under "Failed or skipped runs".
+set against its group's baseline run, timed apart, so its speed-up is never called significant (compare.py). A
+failed command is recorded as RUN_DIR/error.json {"command", "returncode", "stderr_tail"} (evaluation.matrix
+writes it; "skipped": true + "reason" for a known-broken combination that was not run) and listed under "Failed or
+skipped runs".
 
 collect.py reads the runs, groups.py groups them, compare.py sets each against its group's baseline, markdown.py
 writes report.md, table.py table.md and plots.py the PNGs; evaluation.tracking.log_report logs it to wandb.
